@@ -1,0 +1,324 @@
+"""Multi-Order Network (MONET §3.2–3.4), and the sequential baselines built from the same parts.
+
+One class covers three families:
+
+* ``monet``: T task-specific GRU cells, M distinct random orders, learned order logits u with
+  order dropout (k of the M orders per example, eq. 25) and L-trajectory inference (Alg. 2).
+* ``oracle``: MONET with M = 1 and a given order (the identity by default).
+* ``mrnn`` (§3.1.2): one shared GRU cell, one fixed random order drawn from the seed.
+
+Vectorisation. Under teacher forcing the hidden state after step t only depends on the input and
+on the first t tasks of the order (their ground-truth labels are fixed), so every *distinct
+prefix* of the kept orders is computed once per example. The prefixes of the M orders form a
+trie built at construction; at step t the rows are the (example, trie node) pairs used by at
+least one kept order of that example, sorted by the task of the node so that each task cell runs
+on one contiguous block. There is no Python loop over orders or examples; the loops are over the
+T steps and the T cells. ``tests/monet/test_models.py`` checks loss and gradients against a plain
+per-order loop.
+
+Example:
+    >>> import torch
+    >>> from monet.tasks import TaskSpec
+    >>> from monet.models.encoders import MLPEncoder
+    >>> net = MultiOrderNet(MLPEncoder(2), 64, TaskSpec.binary("abc"), M=6, k=4, seed=0)
+    >>> out = net(torch.zeros(8, 2), torch.ones(8, 3))
+    >>> out.logits.shape, out.log_w.shape
+    (torch.Size([8, 4, 3]), torch.Size([8, 4]))
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from monet.errors import ConfigError
+from monet.models.base import ModelOutput, MultiTaskModel
+from monet.tasks import TaskSpec
+
+# Enumerate all permutations when T! is at most this; above it, rejection-sample distinct ones.
+_ENUMERATE_LIMIT = 400_000
+
+
+def random_orders(T: int, M: int, seed: int) -> torch.Tensor:
+    """M distinct uniformly random permutations of range(T), seeded. ``[M, T]`` long."""
+    n_perm = math.factorial(T)
+    if M > n_perm:
+        raise ConfigError(f"M: {M} orders requested but only T! = {n_perm} exist for T = {T}")
+    if M < 1:
+        raise ConfigError(f"M: expected at least 1 order, got {M}")
+    rng = np.random.default_rng(seed)
+    if n_perm <= _ENUMERATE_LIMIT:
+        allp = np.array(list(itertools.permutations(range(T))), dtype=np.int64)
+        pick = rng.choice(n_perm, size=M, replace=False)
+        return torch.from_numpy(allp[pick])
+    seen, out = set(), []
+    while len(out) < M:
+        p = tuple(rng.permutation(T).tolist())
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def order_matrix(order: Sequence[int]) -> torch.Tensor:
+    """(M_sigma)_{i,j} = 1 iff j = sigma(i) (eq. 11): row = step, column = task."""
+    T = len(order)
+    m = torch.zeros(T, T)
+    m[torch.arange(T), torch.as_tensor(order)] = 1.0
+    return m
+
+
+class _Trie:
+    """Prefix trie of a set of orders, one level per step, nodes sorted by their last task."""
+
+    def __init__(self, orders: torch.Tensor):
+        M, T = orders.shape
+        self.node_of, self.task, self.parent, self.prev_task = [], [], [], []
+        for t in range(T):
+            # Key: last task first, so unique() sorts the nodes of this level by task.
+            key = torch.cat([orders[:, t:t + 1], orders[:, :t]], dim=1)
+            uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+            self.node_of.append(inv)                       # [M] node of each order at step t
+            self.task.append(uniq[:, 0].contiguous())      # [P_t] task computed at this node
+            rep = torch.empty(len(uniq), dtype=torch.long)
+            rep[inv] = torch.arange(M)                     # a representative order per node
+            if t == 0:
+                self.parent.append(torch.zeros(len(uniq), dtype=torch.long))
+                self.prev_task.append(torch.full((len(uniq),), -1, dtype=torch.long))
+            else:
+                self.parent.append(self.node_of[t - 1][rep])
+                self.prev_task.append(orders[rep, t - 1])
+
+    def to(self, device):
+        for name in ("node_of", "task", "parent", "prev_task"):
+            setattr(self, name, [v.to(device) for v in getattr(self, name)])
+        return self
+
+
+class MultiOrderNet(MultiTaskModel):
+    """MONET / oracle / MRNN (see the module docstring).
+
+    Args:
+        encoder: shared encoder f_W, ``[B, ...] -> [B, enc_dim]``.
+        enc_dim: its output width.
+        spec: the tasks (all binary).
+        hidden: GRU units.
+        M: number of orders (ignored when ``orders`` is given).
+        k: orders kept per example during training (order dropout); ``None`` keeps all M.
+        orders: explicit ``[M, T]`` orders (0-based); default: M seeded random permutations.
+        shared_cell: one GRU cell for all tasks (MRNN) instead of one per task (MONET).
+        feedback_embed: width of a dense+ReLU layer on the label feedback (0: none).
+        L: default number of inference trajectories.
+        seed: seed of the random orders.
+    """
+
+    family = "monet"
+
+    def __init__(self, encoder: nn.Module, enc_dim: int, spec: TaskSpec, hidden: int = 64,
+                 M: int = 120, k: Optional[int] = None, orders: Optional[torch.Tensor] = None,
+                 shared_cell: bool = False, feedback_embed: int = 0, L: int = 20, seed: int = 0):
+        super().__init__(spec)
+        if not spec.all_binary:
+            bad = [t.name for t in spec.tasks if t.kind != "binary"]
+            raise ConfigError(f"family: sequential families (monet, mrnn, oracle) need binary tasks; "
+                              f"tasks {bad} are not binary (use vmnc or vmns)")
+        T = spec.T
+        if orders is None:
+            orders = random_orders(T, int(M), seed)
+        orders = torch.as_tensor(orders, dtype=torch.long)
+        if orders.ndim != 2 or orders.shape[1] != T:
+            raise ConfigError(f"order: expected orders over T = {T} tasks, got shape "
+                              f"{tuple(orders.shape)}")
+        if any(sorted(o) != list(range(T)) for o in orders.tolist()):
+            raise ConfigError(f"order: every order must be a permutation of 0..{T - 1}")
+        M = orders.shape[0]
+        k = M if k is None else int(k)
+        if k < 1:
+            raise ConfigError(f"k: order dropout keeps k orders per example; expected k >= 1, got {k}")
+        if k > M:
+            raise ConfigError(f"k: order dropout keeps k <= M orders; got k = {k} > M = {M}")
+        self.T, self.M, self.k, self.L, self.hidden = T, M, k, int(L), hidden
+        self.encoder = encoder
+        self.proj = nn.Identity() if enc_dim == hidden else nn.Linear(enc_dim, hidden)
+        in_dim = feedback_embed if feedback_embed else T
+        self.feedback = (nn.Sequential(nn.Linear(T, feedback_embed), nn.ReLU())
+                         if feedback_embed else nn.Identity())
+        self.shared_cell = shared_cell
+        self.cells = nn.ModuleList(nn.GRUCell(in_dim, hidden) for _ in range(1 if shared_cell else T))
+        # Task-specific output layers o = <w_t, h> + b_t.
+        bound = 1.0 / math.sqrt(hidden)
+        self.head_w = nn.Parameter(torch.empty(T, hidden).uniform_(-bound, bound))
+        self.head_b = nn.Parameter(torch.empty(T).uniform_(-bound, bound))
+        self.register_buffer("orders", orders)
+        # Order logits u (eq. 18); a parameter only when there is something to select.
+        self.order_logits = nn.Parameter(torch.zeros(M)) if M > 1 else None
+        self._trie = _Trie(orders)
+        self._trie_device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ order selector
+    def init_binary_bias(self, log_odds: torch.Tensor) -> None:
+        """Output bias of every task <- ``log_odds`` ``[T]`` (all tasks are binary here)."""
+        with torch.no_grad():
+            self.head_b.copy_(log_odds.to(self.head_b))
+
+    def order_parameters(self) -> list:
+        return [self.order_logits] if self.order_logits is not None else []
+
+    def pi(self) -> torch.Tensor:
+        """Order selector pi = softmax(u) (eq. 26), ``[M]``."""
+        if self.order_logits is None:
+            return torch.ones(1, device=self.orders.device)
+        return torch.softmax(self.order_logits.detach(), dim=0)
+
+    def soft_order(self) -> torch.Tensor:
+        """Omega = sum_m pi_m M_sigma_m (eq. 12), ``[T, T]``: row = step, column = task."""
+        pi, T = self.pi(), self.T
+        onehot = torch.zeros(self.M, T, T, device=pi.device)
+        onehot.scatter_(2, self.orders[:, :, None], 1.0)
+        return torch.einsum("m,mij->ij", pi, onehot)
+
+    def dist_to_identity(self) -> float:
+        """||Omega - I||_F^2, the distance of the soft order to the identity order."""
+        om = self.soft_order()
+        return float(((om - torch.eye(self.T, device=om.device)) ** 2).sum())
+
+    def most_likely_order(self) -> list:
+        return self.orders[int(torch.argmax(self.pi()))].tolist()
+
+    def order_stats(self) -> dict:
+        pi = self.pi()
+        ent = float(-(pi * torch.log(pi.clamp_min(1e-12))).sum())
+        return {"order/dist_to_identity": self.dist_to_identity(),
+                "order/max_pi": float(pi.max()), "order/entropy": ent}
+
+    # ------------------------------------------------------------------ building blocks
+    def _trie_on(self, device):
+        if self._trie_device != device:
+            self._trie.to(device)
+            self._trie_device = device
+        return self._trie
+
+    def _cells_grouped(self, fb: torch.Tensor, h: torch.Tensor, task: torch.Tensor,
+                       sorted_by_task: bool) -> torch.Tensor:
+        """Apply cell ``task[r]`` to row r. ``fb`` [R, in], ``h`` [R, H], ``task`` [R] -> [R, H]."""
+        if self.shared_cell:
+            return self.cells[0](fb, h)
+        if not sorted_by_task:
+            perm = torch.argsort(task, stable=True)
+            out = self._cells_grouped(fb[perm], h[perm], task[perm], True)
+            return torch.empty_like(out).index_copy_(0, perm, out)
+        counts = torch.bincount(task, minlength=self.T).tolist()
+        outs = [self.cells[c](f, hh) for c, (f, hh, n) in
+                enumerate(zip(fb.split(counts), h.split(counts), counts)) if n > 0]
+        return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+
+    def _feedback(self, prev_task: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        """(2y - 1) e_{prev task}, zeros where ``prev_task`` < 0 (step 1). -> [R, in]."""
+        R = prev_task.shape[0]
+        fb = torch.zeros(R, self.T, device=sign.device, dtype=sign.dtype)
+        ok = prev_task >= 0
+        fb[ok] = fb[ok].scatter(1, prev_task[ok, None], sign[ok, None])
+        return self.feedback(fb)
+
+    def _logit(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return (h * self.head_w[task]).sum(-1) + self.head_b[task]          # [R]
+
+    def encode(self, x):
+        return self.proj(self.encoder(x))                                   # [B, H]
+
+    def sample_kept(self, B: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Indices ``[B, k]`` of the orders kept for each example (uniform k-subsets)."""
+        if self.k == self.M:
+            return torch.arange(self.M).expand(B, self.M)
+        u = torch.rand(B, self.M, generator=generator)
+        return u.topk(self.k, dim=1).indices
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, x, y, kept: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> ModelOutput:
+        """Teacher-forced forward over the kept orders.
+
+        Args:
+            x: ``[B, ...]`` inputs; y: ``[B, T]`` 0/1 labels (missing labels may hold anything).
+            kept: ``[B, k]`` kept order indices; default: sampled (order dropout) in training mode,
+                all M orders in eval mode.
+        Returns:
+            ``ModelOutput(logits [B, K, T], log_w [B, K])``.
+        """
+        h0 = self.encode(x)
+        B, dev = h0.shape[0], h0.device
+        if kept is None:
+            kept = self.sample_kept(B, generator) if self.training else \
+                torch.arange(self.M).expand(B, self.M)
+        kept = kept.to(dev)
+        K = kept.shape[1]
+        trie = self._trie_on(dev)
+        sign = 2.0 * y.to(h0.dtype) - 1.0                                    # [B, T]
+        h_prev, lookup_prev = h0, None
+        bidx = torch.arange(B, device=dev)[:, None].expand(B, K)
+        step_logits = []
+        for t in range(self.T):
+            P = trie.task[t].shape[0]
+            node = trie.node_of[t][kept]                                     # [B, K]
+            used = torch.zeros(B, P, dtype=torch.bool, device=dev)
+            used[bidx, node] = True
+            p_idx, b_idx = used.T.nonzero(as_tuple=True)                     # rows sorted by node
+            R = b_idx.shape[0]
+            lookup = torch.full((B, P), -1, dtype=torch.long, device=dev)
+            lookup[b_idx, p_idx] = torch.arange(R, device=dev)
+            if t == 0:
+                h_in = h_prev[b_idx]
+            else:
+                h_in = h_prev[lookup_prev[b_idx, trie.parent[t][p_idx]]]
+            pt = trie.prev_task[t][p_idx]
+            fb = self._feedback(pt, sign[b_idx, pt.clamp_min(0)])
+            task = trie.task[t][p_idx]
+            h_new = self._cells_grouped(fb, h_in, task, sorted_by_task=True)  # [R, H]
+            o = self._logit(h_new, task)                                     # [R]
+            step_logits.append(o[lookup[bidx, node]])                       # [B, K]
+            h_prev, lookup_prev = h_new, lookup
+        by_step = torch.stack(step_logits, dim=2)                            # [B, K, T] step order
+        logits = torch.empty_like(by_step).scatter_(2, self.orders[kept], by_step)  # task order
+        if self.order_logits is None:
+            log_w = by_step.new_zeros(B, K)
+        else:
+            log_w = torch.log_softmax(self.order_logits[kept], dim=1)        # log pi~ (eq. 25)
+        return ModelOutput(logits, log_w)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, x, L: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                return_orders: bool = False):
+        """Algorithm 2: L trajectories per example, each with an order drawn from pi and labels
+        drawn step by step from Bernoulli(p); returns the mean probability ``[B, T]``
+        (and the ``[B, L]`` sampled order indices when ``return_orders``)."""
+        L = int(L or self.L)
+        h0 = self.encode(x)
+        B, dev, T = h0.shape[0], h0.device, self.T
+        R = B * L
+        pi = self.pi().to(dev)
+        if self.M == 1:
+            s = torch.zeros(R, dtype=torch.long, device=dev)
+        else:
+            s = torch.multinomial(pi.cpu(), R, replacement=True, generator=generator).to(dev)
+        ords = self.orders[s]                                                # [R, T]
+        h = h0.repeat_interleave(L, dim=0)                                   # [R, H]
+        prev = torch.full((R,), -1, dtype=torch.long, device=dev)
+        sign = torch.zeros(R, device=dev, dtype=h.dtype)
+        probs = torch.zeros(R, T, device=dev, dtype=h.dtype)
+        rows = torch.arange(R, device=dev)
+        temp = self.temperature
+        for t in range(T):
+            task = ords[:, t]
+            h = self._cells_grouped(self._feedback(prev, sign), h, task, sorted_by_task=False)
+            p = torch.sigmoid(self._logit(h, task) / temp[task])
+            probs[rows, task] = p
+            u = torch.rand(R, generator=generator).to(dev)
+            sign = 2.0 * (u < p).to(h.dtype) - 1.0
+            prev = task
+        out = probs.view(B, L, T).mean(1)
+        return (out, s.view(B, L)) if return_orders else out
