@@ -64,3 +64,6 @@ def create_encoder(name: str, input_shape, pretrained: Optional[str] = None, **k
     if backbones is not None:
         return backbones.create_backbone(name, tuple(input_shape), pretrained=pretrained, **kw)
     raise ConfigError(f"backbone: unknown encoder {name!r}; expected one of {sorted(_ENCODERS)}")
+
+
+from monet.models import backbones as _backbones  # noqa: E402,F401  registers tiny_cnn

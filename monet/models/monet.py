@@ -11,10 +11,10 @@ Vectorisation. Under teacher forcing the hidden state after step t only depends 
 on the first t tasks of the order (their ground-truth labels are fixed), so every *distinct
 prefix* of the kept orders is computed once per example. The prefixes of the M orders form a
 trie built at construction; at step t the rows are the (example, trie node) pairs used by at
-least one kept order of that example, sorted by the task of the node so that each task cell runs
-on one contiguous block. There is no Python loop over orders or examples; the loops are over the
-T steps and the T cells. ``tests/monet/test_models.py`` checks loss and gradients against a plain
-per-order loop.
+least one kept order of that example, grouped by the task of the node, and the T task cells of
+the step run together as one batched matmul over stacked weights. There is no Python loop over
+orders, examples or cells, only over the T steps. ``tests/monet/test_models.py`` checks loss and
+gradients against a plain per-order loop (``monet.models.monet_reference``).
 
 Example:
     >>> import torch
@@ -148,9 +148,15 @@ class MultiOrderNet(MultiTaskModel):
         self.feedback = (nn.Sequential(nn.Linear(T, feedback_embed), nn.ReLU())
                          if feedback_embed else nn.Identity())
         self.shared_cell = shared_cell
-        self.cells = nn.ModuleList(nn.GRUCell(in_dim, hidden) for _ in range(1 if shared_cell else T))
-        # Task-specific output layers o = <w_t, h> + b_t.
+        C = 1 if shared_cell else T
+        # GRU cells, one per task (or one shared), stacked so that all cells of a step run as one
+        # batched matmul. Gate layout and initialisation as torch.nn.GRUCell (r, z, n).
         bound = 1.0 / math.sqrt(hidden)
+        self.w_ih = nn.Parameter(torch.empty(C, in_dim, 3 * hidden).uniform_(-bound, bound))
+        self.w_hh = nn.Parameter(torch.empty(C, hidden, 3 * hidden).uniform_(-bound, bound))
+        self.b_ih = nn.Parameter(torch.empty(C, 3 * hidden).uniform_(-bound, bound))
+        self.b_hh = nn.Parameter(torch.empty(C, 3 * hidden).uniform_(-bound, bound))
+        # Task-specific output layers o = <w_t, h> + b_t.
         self.head_w = nn.Parameter(torch.empty(T, hidden).uniform_(-bound, bound))
         self.head_b = nn.Parameter(torch.empty(T).uniform_(-bound, bound))
         self.register_buffer("orders", orders)
@@ -202,30 +208,61 @@ class MultiOrderNet(MultiTaskModel):
             self._trie_device = device
         return self._trie
 
-    def _cells_grouped(self, fb: torch.Tensor, h: torch.Tensor, task: torch.Tensor,
-                       sorted_by_task: bool) -> torch.Tensor:
-        """Apply cell ``task[r]`` to row r. ``fb`` [R, in], ``h`` [R, H], ``task`` [R] -> [R, H]."""
+    @staticmethod
+    def _gru(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """GRU update from input gates ``gi`` and hidden gates ``gh`` ``[..., 3H]``."""
+        ir, iz, in_ = gi.chunk(3, -1)
+        hr, hz, hn = gh.chunk(3, -1)
+        r = torch.sigmoid(ir + hr)
+        z = torch.sigmoid(iz + hz)
+        n = torch.tanh(in_ + r * hn)
+        return n + z * (h - n)                                # (1 - z) * n + z * h
+
+    def cell(self, c: int, fb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Cell ``c`` (cell 0 when shared) on rows that all use it: ``h_new [R, H]``. Used by the
+        reference loop."""
+        c = 0 if self.shared_cell else c
+        return self._gru(fb @ self.w_ih[c] + self.b_ih[c], h @ self.w_hh[c] + self.b_hh[c], h)
+
+    def _step(self, fb: torch.Tensor, h: torch.Tensor, task: torch.Tensor,
+              counts: Optional[list] = None) -> tuple:
+        """One recurrent step where row r uses the cell and output layer of task ``task[r]``.
+
+        ``fb`` [R, in], ``h`` [R, H], ``task`` [R]. All cells run together: the rows are laid
+        out in a ``[C, n_max, .]`` block (rows of cell c in block c) and multiplied with the
+        stacked weights by one ``bmm``. ``counts`` (rows per task) says the rows are already
+        sorted by task. Returns ``(h_new [R, H], logit [R])``.
+        """
         if self.shared_cell:
-            return self.cells[0](fb, h)
-        if not sorted_by_task:
+            h = self._gru(fb @ self.w_ih[0] + self.b_ih[0], h @ self.w_hh[0] + self.b_hh[0], h)
+            return h, (h * self.head_w[task]).sum(-1) + self.head_b[task]
+        if counts is None:
             perm = torch.argsort(task, stable=True)
-            out = self._cells_grouped(fb[perm], h[perm], task[perm], True)
-            return torch.empty_like(out).index_copy_(0, perm, out)
-        counts = torch.bincount(task, minlength=self.T).tolist()
-        outs = [self.cells[c](f, hh) for c, (f, hh, n) in
-                enumerate(zip(fb.split(counts), h.split(counts), counts)) if n > 0]
-        return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+            counts = torch.bincount(task, minlength=self.T).tolist()
+            hs, os_ = self._step(fb[perm], h[perm], task[perm], counts)
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(len(perm), device=perm.device)
+            return hs[inv], os_[inv]
+        C, R, H = self.T, h.shape[0], h.shape[1]
+        n_max = max(counts)
+        cnt = torch.tensor(counts, device=h.device)
+        start = torch.cumsum(cnt, 0) - cnt
+        flat = task * n_max + (torch.arange(R, device=h.device) - start[task])   # [R] slot
+        hp = h.new_zeros(C * n_max, H).index_copy(0, flat, h).view(C, n_max, H)
+        fp = fb.new_zeros(C * n_max, fb.shape[1]).index_copy(0, flat, fb).view(C, n_max, -1)
+        gi = torch.baddbmm(self.b_ih[:, None, :], fp, self.w_ih)                 # [C, n, 3H]
+        gh = torch.baddbmm(self.b_hh[:, None, :], hp, self.w_hh)
+        hn = self._gru(gi, gh, hp)                                                # [C, n, H]
+        o = torch.baddbmm(self.head_b[:, None, None], hn, self.head_w[:, :, None])  # [C, n, 1]
+        return hn.reshape(C * n_max, H).index_select(0, flat), o.reshape(-1).index_select(0, flat)
 
-    def _feedback(self, prev_task: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-        """(2y - 1) e_{prev task}, zeros where ``prev_task`` < 0 (step 1). -> [R, in]."""
-        R = prev_task.shape[0]
-        fb = torch.zeros(R, self.T, device=sign.device, dtype=sign.dtype)
-        ok = prev_task >= 0
-        fb[ok] = fb[ok].scatter(1, prev_task[ok, None], sign[ok, None])
+    def _feedback(self, prev_task: Optional[torch.Tensor], sign: Optional[torch.Tensor],
+                  R: int, ref: torch.Tensor) -> torch.Tensor:
+        """(2y - 1) e_{prev task} ``[R, in]``; zeros at the first step (``prev_task`` None)."""
+        fb = ref.new_zeros(R, self.T)
+        if prev_task is not None:
+            fb.scatter_(1, prev_task[:, None], sign[:, None])
         return self.feedback(fb)
-
-    def _logit(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        return (h * self.head_w[task]).sum(-1) + self.head_b[task]          # [R]
 
     def encode(self, x):
         return self.proj(self.encoder(x))                                   # [B, H]
@@ -270,15 +307,16 @@ class MultiOrderNet(MultiTaskModel):
             R = b_idx.shape[0]
             lookup = torch.full((B, P), -1, dtype=torch.long, device=dev)
             lookup[b_idx, p_idx] = torch.arange(R, device=dev)
-            if t == 0:
-                h_in = h_prev[b_idx]
-            else:
-                h_in = h_prev[lookup_prev[b_idx, trie.parent[t][p_idx]]]
-            pt = trie.prev_task[t][p_idx]
-            fb = self._feedback(pt, sign[b_idx, pt.clamp_min(0)])
             task = trie.task[t][p_idx]
-            h_new = self._cells_grouped(fb, h_in, task, sorted_by_task=True)  # [R, H]
-            o = self._logit(h_new, task)                                     # [R]
+            if t == 0:
+                h_in = h_prev.index_select(0, b_idx)
+                fb = self._feedback(None, None, R, h0)
+            else:
+                h_in = h_prev.index_select(0, lookup_prev[b_idx, trie.parent[t][p_idx]])
+                pt = trie.prev_task[t][p_idx]
+                fb = self._feedback(pt, sign[b_idx, pt], R, h0)
+            counts = torch.bincount(task, minlength=self.T).tolist()
+            h_new, o = self._step(fb, h_in, task, counts)                     # [R, H], [R]
             step_logits.append(o[lookup[bidx, node]])                       # [B, K]
             h_prev, lookup_prev = h_new, lookup
         by_step = torch.stack(step_logits, dim=2)                            # [B, K, T] step order
@@ -307,15 +345,14 @@ class MultiOrderNet(MultiTaskModel):
             s = torch.multinomial(pi.cpu(), R, replacement=True, generator=generator).to(dev)
         ords = self.orders[s]                                                # [R, T]
         h = h0.repeat_interleave(L, dim=0)                                   # [R, H]
-        prev = torch.full((R,), -1, dtype=torch.long, device=dev)
-        sign = torch.zeros(R, device=dev, dtype=h.dtype)
+        prev, sign = None, None
         probs = torch.zeros(R, T, device=dev, dtype=h.dtype)
         rows = torch.arange(R, device=dev)
         temp = self.temperature
         for t in range(T):
             task = ords[:, t]
-            h = self._cells_grouped(self._feedback(prev, sign), h, task, sorted_by_task=False)
-            p = torch.sigmoid(self._logit(h, task) / temp[task])
+            h, o = self._step(self._feedback(prev, sign, R, h), h, task)
+            p = torch.sigmoid(o / temp[task])
             probs[rows, task] = p
             u = torch.rand(R, generator=generator).to(dev)
             sign = 2.0 * (u < p).to(h.dtype) - 1.0
