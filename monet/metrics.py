@@ -42,7 +42,7 @@ def compute_metrics(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
     """Metrics of predictions ``[N, D]`` (probabilities / values) against labels ``[N, T]``."""
     pred, y, mask = (v.detach().cpu().numpy() for v in (pred, y, mask))
     out, o = {}, 0
-    accs, f1s, cccs, group_f1 = [], [], [], {}
+    accs, f1s, cccs, group_f1, group_ccc = [], [], [], {}, {}
     for j, t in enumerate(spec.tasks):
         keep = mask[:, j] > 0
         yt = y[keep, j]
@@ -60,6 +60,7 @@ def compute_metrics(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
             c = ccc_np(z[:, 0], yt)
             out[f"ccc/{t.name}"] = c
             cccs.append(c)
+            group_ccc.setdefault(t.group, []).append(c)
             o += t.out_dim
             continue
         out[f"acc/{t.name}"], out[f"f1/{t.name}"] = acc, f1
@@ -76,5 +77,6 @@ def compute_metrics(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
         for g, v in group_f1.items():
             out[f"mean_f1/{g}"] = float(np.mean(v))
     if {"au", "expr", "va"} <= set(spec.groups):
-        out["p_mtl"] = out["mean_f1/au"] + out["mean_f1/expr"] + out.get("mean_ccc", 0.0)
+        va = group_ccc.get("va", [])
+        out["p_mtl"] = out["mean_f1/au"] + out["mean_f1/expr"] + (float(np.mean(va)) if va else 0.0)
     return out
