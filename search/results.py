@@ -1,0 +1,162 @@
+"""The experiment folder's own files, refreshed as trials finish (always written atomically).
+
+``<storage>/<name>/`` holds, beside Ray's experiment state and the per-trial folders:
+
+* ``config.yaml``       the resolved flags and search space (written once by the CLI);
+* ``trials.parquet``    one row per trial (also ``trials.csv``): trial id, family, state
+  (TERMINATED/ERROR/RUNNING/PENDING), ``stopped_early``, ``config/<param>``,
+  ``best/<metric>`` and ``last/<metric>``, ``epochs`` used, ``node_ip``/``node_id``,
+  ``error``, ``trial_dir``;
+* ``best_config.yaml``  the best full-budget trial: its full TrainConfig, the metric and its
+  value, trial id, family, dataset and the monet-tune version; ``best_train_config.yaml`` holds
+  the TrainConfig alone (``python -m monet.train --config best_train_config.yaml``).
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from ray.tune import Callback
+from ray.tune.utils import flatten_dict
+
+import monet
+from monet.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml
+from search.spaces import trial_to_train_config
+
+LAST_KEYS = ("train/loss", "val/loss", "val/mean_acc", "val/mean_f1", "order/dist_to_identity")
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def trial_row(trial, metric: str, mode: str, family: Optional[str] = None) -> dict:
+    """One table row from a Ray ``Trial`` (its config, last result and metric analysis)."""
+    last = trial.last_result or {}
+    ma = getattr(trial, "metric_analysis", {}) or {}
+    cfg = flatten_dict(dict(trial.config or {}), delimiter="/")
+    budget = _num(last.get("budget"))
+    row = {
+        "trial_id": trial.trial_id,
+        "family": cfg.get("family") or family,
+        "state": trial.status,
+        "stopped_early": bool(trial.status == "TERMINATED" and (budget is None or budget < 1 - 1e-9)),
+        "epochs": _num(last.get("epoch")),
+        "rounds": _num(last.get("round")),
+        "budget": budget,
+        f"best/{metric}": _num((ma.get(metric) or {}).get(mode)),
+        f"last/{metric}": _num(last.get(metric)),
+    }
+    for k in LAST_KEYS:
+        if k != metric and k in last:
+            row[f"last/{k}"] = _num(last.get(k))
+    row["time_total_s"] = _num(last.get("time_total_s"))
+    row["node_ip"] = last.get("node_ip")
+    row["node_id"] = last.get("node_id")
+    row["error"] = _error_line(trial)
+    row["trial_dir"] = _trial_path(trial)
+    for k, v in cfg.items():
+        row[f"config/{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return row
+
+
+def _trial_path(trial) -> Optional[str]:
+    try:
+        return str(trial.path)
+    except Exception:
+        return None
+
+
+def _error_line(trial) -> Optional[str]:
+    if trial.status != "ERROR":
+        return None
+    p = getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    path = Path(_trial_path(trial) or ".") / (p or "error.txt")
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError:
+        return "error"
+    for ln in reversed(lines):   # the exception's own line
+        if "Error" in ln or "Exception" in ln or "Fault" in ln:
+            return ln.strip()[:300]
+    return lines[-1].strip()[:300] if lines else "error"
+
+
+def pick_best(rows: list, metric: str, mode: str) -> Optional[dict]:
+    """The best row by its last value of ``metric``: full-budget trials first."""
+    key = f"last/{metric}"
+    ok = [r for r in rows if r["state"] == "TERMINATED" and _finite(r.get(key))]
+    full = [r for r in ok if not r["stopped_early"]]
+    pool = full or ok
+    if not pool:
+        return None
+    sign = -1.0 if mode == "max" else 1.0
+    return min(pool, key=lambda r: sign * r[key])
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+class ExperimentFiles:
+    """Writes ``trials.parquet``, ``trials.csv`` and ``best_config.yaml`` for one experiment."""
+
+    def __init__(self, exp_dir, metric: str, mode: str, base: dict, dataset: str):
+        self.exp_dir = Path(exp_dir)
+        self.metric, self.mode = metric, mode
+        self.base = dict(base)
+        self.dataset = dataset
+
+    def write(self, trials) -> Optional[dict]:
+        rows = [trial_row(t, self.metric, self.mode, self.base.get("family")) for t in trials]
+        df = pd.DataFrame(rows)
+        if len(df):
+            buf = io.BytesIO()
+            df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(
+                buf, index=False)
+            atomic_write_bytes(self.exp_dir / "trials.parquet", buf.getvalue())
+            atomic_write_text(self.exp_dir / "trials.csv", df.to_csv(index=False))
+        best = pick_best(rows, self.metric, self.mode)
+        if best is not None:
+            trial = next(t for t in trials if t.trial_id == best["trial_id"])
+            params = flatten_dict(dict(trial.config), delimiter="/")
+            base = {k: v for k, v in self.base.items() if not k.startswith("_")}
+            cfg = trial_to_train_config(base, params).to_dict()
+            doc = {
+                "metric": self.metric, "mode": self.mode, "value": best[f"last/{self.metric}"],
+                "best_round_value": best[f"best/{self.metric}"],
+                "trial_id": best["trial_id"], "family": cfg["family"], "dataset": self.dataset,
+                "epochs": best["epochs"], "full_budget": not best["stopped_early"],
+                "trial_dir": best["trial_dir"], "monet_tune_version": monet.__version__,
+                "config": cfg,
+            }
+            atomic_write_yaml(self.exp_dir / "best_config.yaml", doc)
+            atomic_write_yaml(self.exp_dir / "best_train_config.yaml", cfg)
+            return doc
+        return None
+
+
+class ResultsCallback(Callback):
+    """Tune callback (driver side): refresh the experiment files whenever a trial ends."""
+
+    def __init__(self, files: ExperimentFiles):
+        self.files = files
+        self.best = None
+
+    def _refresh(self, trials):
+        try:
+            self.best = self.files.write(trials)
+        except Exception as e:  # never kill the search over a table
+            print(f"warning: could not write the trial tables: {e}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._refresh(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._refresh(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._refresh(trials)

@@ -1,0 +1,151 @@
+"""A budget-honest Optuna searcher for Ray Tune, and Optuna storages from a URL.
+
+Ray's ``OptunaSearch`` tells Optuna that a trial ASHA stopped at an early rung is COMPLETE with
+that rung's value, so TPE compares a 1-epoch accuracy with a 20-epoch one. This searcher tells
+Optuna the truth:
+
+* every evaluation round is reported as an intermediate value (``trial.report(value, round)``);
+* a trial that used its whole epoch budget is COMPLETE with its last value;
+* a trial stopped before (ASHA, the time budget) is PRUNED, with its intermediate values
+  (Optuna then uses its last intermediate value, as for any pruned trial);
+* a trial that raised (an exception, a non-finite loss) is FAIL.
+
+Example:
+    >>> import optuna
+    >>> from search.searcher import BudgetHonestOptunaSearch
+    >>> s = BudgetHonestOptunaSearch(lambda t: {"x": t.suggest_float("x", 0, 1)} and None,
+    ...                              metric="val/mean_acc", mode="max",
+    ...                              sampler=optuna.samplers.RandomSampler(seed=0))
+    >>> cfg = s.suggest("t0")
+    >>> s.on_trial_result("t0", {"val/mean_acc": 0.5, "round": 1, "budget": 0.5})
+    >>> s.on_trial_complete("t0", {"val/mean_acc": 0.5, "round": 1, "budget": 0.5})
+    >>> s.study.trials[0].state.name, s.study.trials[0].intermediate_values
+    ('PRUNED', {1: 0.5})
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from monet.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+BUDGET_KEY = "budget"       # share of the trial's epoch budget done (1.0 at the end)
+STEP_KEY = "round"          # evaluation round: the intermediate-value step
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class BudgetHonestOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that records ASHA-stopped trials as PRUNED and errors as FAIL.
+
+    Args:
+        space: a define-by-run function ``space(trial) -> dict | None`` (see ``search.spaces``).
+        metric, mode: what the study optimises (``mode`` ``max`` or ``min``).
+        sampler: an Optuna sampler (e.g. ``TPESampler(seed=0, constant_liar=True)``).
+        storage: an Optuna storage object (see :func:`make_storage`) or None (in memory).
+        study_name: the study's name in ``storage``.
+    """
+
+    def __init__(self, space, metric: str, mode: str, sampler=None, storage=None,
+                 study_name: Optional[str] = None):
+        super().__init__(space=space, metric=metric, mode=mode, sampler=sampler,
+                         storage=storage, study_name=study_name)
+        self._budget = {}
+        self._steps = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if _finite(result.get(BUDGET_KEY)):
+            self._budget[trial_id] = float(result[BUDGET_KEY])
+        v = result.get(self.metric)
+        if not _finite(v):
+            return
+        step = int(result.get(STEP_KEY) or result.get("training_iteration") or 0)
+        done = self._steps.setdefault(trial_id, set())
+        if step not in done:  # a trial resumed from a checkpoint may repeat a round
+            self._ot_trials[trial_id].report(float(v), step)
+            done.add(step)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        if trial_id not in self._ot_trials:
+            logger.warning("trial %s is unknown to the Optuna study; not recorded", trial_id)
+            return
+        result = result or {}
+        if result:
+            self.on_trial_result(trial_id, result)
+        ot_trial = self._ot_trials[trial_id]
+        budget = result.get(BUDGET_KEY, self._budget.get(trial_id))
+        value = result.get(self.metric)
+        if error:
+            state, value, reason = TrialState.FAIL, None, "error"
+        elif not _finite(value):
+            state, value, reason = TrialState.FAIL, None, "no finite metric"
+        elif _finite(budget) and budget >= 1.0 - 1e-9:
+            state, value, reason = TrialState.COMPLETE, float(value), "full budget"
+        else:
+            state, value, reason = TrialState.PRUNED, None, "stopped early"
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        ot_trial.set_user_attr("reason", reason)
+        if _finite(result.get("epoch")):
+            ot_trial.set_user_attr("epochs", float(result["epoch"]))
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except Exception as exc:  # e.g. the study was finished elsewhere
+            logger.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+
+def make_storage(url: Optional[str]):
+    """An Optuna storage object from ``--optuna-storage``.
+
+    ``sqlite:///study.db`` (or any SQLAlchemy URL) gives an ``RDBStorage``; ``journal:PATH`` or a
+    path ending in ``.log``/``.journal`` gives a ``JournalStorage`` on a file (safe on NFS).
+    """
+    if not url:
+        return None
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        path = url[len("journal:"):] if url.startswith("journal:") else url
+        path = path[2:] if path.startswith("//") else path
+        p = Path(path).expanduser().resolve()
+        if not p.parent.is_dir():
+            raise ConfigError(f"--optuna-storage: folder {p.parent} does not exist")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        return JournalStorage(JournalFileBackend(str(p)))
+    if "://" not in url:
+        raise ConfigError(f"--optuna-storage: {url!r} is neither a database URL "
+                          f"(sqlite:///study.db) nor a journal file (journal:PATH or *.log)")
+    if url.startswith("sqlite:///"):
+        p = Path(url[len("sqlite:///"):]).expanduser()
+        if not p.resolve().parent.is_dir():
+            raise ConfigError(f"--optuna-storage: folder {p.resolve().parent} does not exist")
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # bad driver, unreachable server
+        raise ConfigError(f"--optuna-storage: cannot open {url!r}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def make_sampler(kind: str, seed: int, n_startup_trials: int):
+    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials) or ``random`` (seeded)."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                      n_startup_trials=n_startup_trials)

@@ -1,0 +1,154 @@
+"""``monet.train.fit`` wrapped as a Ray Tune function trainable.
+
+One trial = one ``fit`` run in the trial's folder (``config.yaml``, ``metrics.jsonl``,
+tensorboardX ``events/``, beside Ray's own ``result.json``/``progress.csv``). After every
+evaluation round the trainable reports the flat metrics with ``tune.report`` and, on rounds that
+wrote one, the checkpoint folder with ``tune.Checkpoint.from_directory``. A retried or resumed
+trial continues from ``tune.get_checkpoint()`` bit-exactly.
+
+Besides ``fit``'s metrics every report carries ``budget`` (share of the trial's epoch budget done,
+1.0 at the end: the searcher's COMPLETE/PRUNED test), ``node_id`` and ``restored_round`` (the
+round the attempt resumed from; 0 for a fresh start).
+
+The data is loaded once by the driver and handed over with ``tune.with_parameters``::
+
+    trainable = tune.with_parameters(train_trial, data=bundle, base=base_config_dict)
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import ray
+import torch
+from ray import tune
+from ray.tune.utils import flatten_dict
+
+from monet.errors import NonFiniteLossError
+from monet.train import _batch_indices, fit
+from search.spaces import trial_to_train_config
+
+NONFINITE_MARK = "nonfinite.txt"     # left in the trial folder: a retry fails at once
+ATTEMPTS_LOG = "attempts.jsonl"      # one line per start of the trial (fresh, retry, resume)
+
+
+class InjectedFault(RuntimeError):
+    """Raised by ``--inject-fault raise``: a deliberate fault for drills and tests."""
+
+
+def parse_fault(spec: Optional[str]) -> Optional[dict]:
+    """``--inject-fault`` text -> dict.
+
+    Form: ``KIND[,round=R][,every=N][,once]`` with KIND ``raise`` (an exception after round R's
+    report) or ``nan`` (the trial trains with lr=1e9, so its loss really becomes non-finite).
+    ``every=N`` picks the trials whose index is a multiple of N (default: every trial); ``once``
+    faults only on a fresh start, so a retry from the checkpoint succeeds.
+    """
+    if not spec:
+        return None
+    from monet.errors import ConfigError
+
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts or parts[0] not in ("raise", "nan"):
+        raise ConfigError(f"--inject-fault: expected raise|nan[,round=R][,every=N][,once], "
+                          f"got {spec!r}")
+    out = {"kind": parts[0], "round": 1, "every": 1, "once": False}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        if k == "once" and not v:
+            out["once"] = True
+        elif k in ("round", "every") and v.isdigit() and int(v) >= 1:
+            out[k] = int(v)
+        else:
+            raise ConfigError(f"--inject-fault: bad part {p!r}; expected round=R, every=N or once")
+    return out
+
+
+def _trial_index(trial_id: str) -> int:
+    try:
+        return int(str(trial_id).rsplit("_", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def _clean(metrics: dict) -> dict:
+    """Only finite numbers go to Tune (ASHA and the loggers need numbers)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            out[k] = int(v)
+        elif isinstance(v, (int, float)) and math.isfinite(v):
+            out[k] = v
+    return out
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Ray's default spells out every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
+    """The Tune function trainable: one ``monet.train.fit`` run.
+
+    Args:
+        config: the trial's parameters from the search space (nested by Ray on ``/``).
+        data: the :class:`monet.data.DataBundle` loaded once by the driver.
+        base: fixed TrainConfig fields from the flags, plus private ``_threads`` and ``_fault``.
+    """
+    base = dict(base or {})
+    threads = int(base.pop("_threads", 1))
+    fault = base.pop("_fault", None)
+    torch.set_num_threads(max(1, threads))
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    trial_dir = Path(ctx.get_trial_dir())
+    params = flatten_dict(dict(config), delimiter="/")
+    faulty = fault is not None and _trial_index(trial_id) % fault["every"] == 0
+    if faulty and fault["kind"] == "nan":
+        params["lr"] = 1e9
+    cfg = trial_to_train_config(base, params)
+    if "cuda" in str(cfg.device) and not torch.cuda.is_available():
+        cfg = cfg.replace(device="cpu")
+    spe = len(_batch_indices(len(data.train), int(cfg.batch_size), cfg.max_steps_per_epoch))
+    total = max(1, int(round(float(cfg.epochs) * spe)))
+    node_id = ray.get_runtime_context().get_node_id()
+
+    checkpoint = tune.get_checkpoint()
+    restored = checkpoint is not None
+    attempt = {"time": time.time(), "restored": restored, "node_id": node_id}
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with open(trial_dir / ATTEMPTS_LOG, "a") as f:
+        f.write(json.dumps(attempt) + "\n")
+    if (trial_dir / NONFINITE_MARK).exists():   # a retry cannot cure a non-finite loss
+        raise NonFiniteLossError((trial_dir / NONFINITE_MARK).read_text().strip())
+
+    state = {"restored_round": 0}
+
+    def report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
+        m = _clean(metrics)
+        m["budget"] = min(1.0, int(metrics["step"]) / total)
+        m["restored_round"] = state["restored_round"]
+        m["node_id"] = node_id
+        if checkpoint_dir:
+            tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        else:
+            tune.report(m)
+        if (faulty and fault["kind"] == "raise" and int(metrics["round"]) == fault["round"]
+                and not (fault["once"] and restored)):
+            raise InjectedFault(f"injected fault after round {fault['round']} "
+                                f"(--inject-fault) in trial {trial_id}")
+
+    try:
+        if restored:
+            with checkpoint.as_directory() as d:
+                from monet.train import load_checkpoint
+                state["restored_round"] = int(load_checkpoint(d)["round"])
+                fit(cfg, data, report=report, run_dir=str(trial_dir), resume_from=d)
+        else:
+            fit(cfg, data, report=report, run_dir=str(trial_dir))
+    except NonFiniteLossError as e:
+        (trial_dir / NONFINITE_MARK).write_text(str(e) + "\n")
+        raise

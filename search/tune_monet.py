@@ -1,0 +1,452 @@
+"""Hyperparameter search for monet models: Optuna (TPE) suggests, Ray Tune runs, ASHA stops.
+
+The command users run::
+
+    python search/tune_monet.py                        # small MONET search on toy data, local Ray
+    python search/tune_monet.py --dataset toy --family vmnc --num-samples 3 --max-epochs 3 \\
+        --storage-path results --name smoke
+    python search/tune_monet.py --dataset bp4d --data-root /data/BP4D --family all \\
+        --space my_space.yaml --num-samples 200 --max-epochs 10 --eval-every 0.25 \\
+        --gpus-per-trial 0.25 --address auto --optuna-storage sqlite:///bp4d.db
+    python search/tune_monet.py --storage-path results --name smoke --resume
+
+Everything lands in ``<storage-path>/<name>/``: ``config.yaml`` (resolved flags and space),
+``trials.parquet``/``trials.csv``, ``best_config.yaml``, one folder per trial (TensorBoard events,
+metrics.jsonl, checkpoints) and Ray's experiment state (for ``--resume``).
+
+Bad input (unknown dataset/family, missing data root, bad space file, unreachable ``--address``,
+GPUs asked on a cluster without any) ends with one ``error:`` line and exit code 2 before any
+trial starts.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import socket
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXIT_BAD_INPUT = 2
+EXIT_NO_RESULT = 1
+
+# defaults of the no-argument run: a small MONET search on toy data that takes a few minutes
+DEFAULTS = dict(dataset="toy", family="monet", T=5, num_samples=16, max_epochs=30.0,
+                eval_every=1.0, grace_period=3.0, reduction_factor=3.0)
+
+
+class BadInput(Exception):
+    """A flag, file or cluster problem found before any trial starts (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python search/tune_monet.py",
+                description="Optuna-suggested trials on Ray Tune with ASHA for monet models.")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=DEFAULTS["dataset"], help="dataset name (default: toy)")
+    g.add_argument("--T", type=int, default=None, help="toy: number of tasks (default 5)")
+    g.add_argument("--reading", default=None, help="toy: bits | printed")
+    g.add_argument("--n-train", type=int, default=None)
+    g.add_argument("--n-val", type=int, default=None)
+    g.add_argument("--n-test", type=int, default=None)
+    g.add_argument("--data-seed", type=int, default=None)
+    g.add_argument("--data-root", default=None, help="face data folder or tabular file")
+    g.add_argument("--fold", type=int, default=None, help="face data: test fold (1..3)")
+    g.add_argument("--val-subjects", type=float, default=None)
+    g.add_argument("--layout", default=None)
+    g.add_argument("--subset", default=None, help="celeba attribute subset")
+    g.add_argument("--cache", default=None)
+    g.add_argument("--image-size", type=int, default=None)
+    g = p.add_argument_group("search")
+    g.add_argument("--family", default=DEFAULTS["family"],
+                   help="model family (vmnc, vmns, mrnn, monet, oracle) or 'all'")
+    g.add_argument("--space", default=None, help="YAML file overriding the search space")
+    g.add_argument("--metric", default=None,
+                   help="validation metric to optimise (default: val/mean_acc; face AU data: "
+                        "val/mean_f1; Aff-Wild2: val/p_mtl)")
+    g.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="default: min for *loss metrics, else max")
+    g.add_argument("--num-samples", type=int, default=DEFAULTS["num_samples"])
+    g.add_argument("--max-epochs", type=float, default=DEFAULTS["max_epochs"],
+                   help="epoch budget of a full trial (ASHA's max_t)")
+    g.add_argument("--eval-every", type=float, default=DEFAULTS["eval_every"],
+                   help="evaluation round length in epochs (fractions allowed): ASHA's clock")
+    g.add_argument("--grace-period", type=float, default=None,
+                   help="epochs before ASHA may stop a trial (default: max-epochs/10, "
+                        "at least one round)")
+    g.add_argument("--reduction-factor", type=float, default=DEFAULTS["reduction_factor"])
+    g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                   help="fifo runs every trial to the full budget")
+    g.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    g.add_argument("--n-startup-trials", type=int, default=None,
+                   help="random trials before TPE (default: num-samples/4, 3..10)")
+    g.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at once (default: what the cluster's CPUs/GPUs allow)")
+    g.add_argument("--time-budget", type=float, default=None, help="seconds for the whole search")
+    g.add_argument("--seed", type=int, default=0, help="sampler seed and every trial's seed")
+    g.add_argument("--optuna-storage", default=None,
+                   help="persist the study: sqlite:///study.db or journal:FILE (shared disks)")
+    g = p.add_argument_group("resources and Ray")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="fractions pack several small trials on one GPU")
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster (host:port, auto, ray://...); default: $RAY_ADDRESS, "
+                        "else a local instance")
+    g.add_argument("--storage-path", default="results",
+                   help="experiment storage: a local folder or any URI Ray supports")
+    g.add_argument("--name", default=None, help="experiment name (default: dataset-family-time)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the experiment --storage-path/--name")
+    g.add_argument("--max-failures", type=int, default=0,
+                   help="retries of a failed trial, from its last checkpoint")
+    g.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 table, 2 every result")
+    g.add_argument("--inject-fault", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+# ---------------------------------------------------------------------------------- checks
+def default_metric(dataset: str) -> str:
+    if dataset in ("bp4d", "disfa"):
+        return "val/mean_f1"
+    if dataset == "affwild2":
+        return "val/p_mtl"
+    return "val/mean_acc"
+
+
+def resolve(a) -> dict:
+    """Flags -> the resolved experiment settings (what config.yaml records)."""
+    from monet.data import list_datasets
+    from monet.models import list_families
+
+    datasets = list_datasets()
+    if a.dataset not in datasets:
+        raise BadInput(f"--dataset: unknown dataset {a.dataset!r}; expected one of {datasets}")
+    families = list_families()
+    if a.family == "all":
+        from search.spaces import FAMILIES_ALL
+        fams = [f for f in FAMILIES_ALL if f in families]
+    elif a.family in families:
+        fams = [a.family]
+    else:
+        raise BadInput(f"--family: unknown family {a.family!r}; expected one of "
+                       f"{families + ['all']}")
+    for flag, v, ok, want in (
+            ("--num-samples", a.num_samples, a.num_samples >= 1, ">= 1"),
+            ("--max-epochs", a.max_epochs, a.max_epochs > 0, "> 0"),
+            ("--eval-every", a.eval_every, 0 < a.eval_every <= a.max_epochs,
+             f"in (0, --max-epochs={a.max_epochs:g}]"),
+            ("--reduction-factor", a.reduction_factor, a.reduction_factor > 1, "> 1"),
+            ("--cpus-per-trial", a.cpus_per_trial, a.cpus_per_trial > 0, "> 0"),
+            ("--gpus-per-trial", a.gpus_per_trial, a.gpus_per_trial >= 0, ">= 0"),
+            ("--max-failures", a.max_failures, a.max_failures >= 0, ">= 0")):
+        if not ok:
+            raise BadInput(f"{flag}: got {v!r}; expected {want}")
+    if a.max_concurrent is not None and a.max_concurrent < 1:
+        raise BadInput(f"--max-concurrent: got {a.max_concurrent}; expected >= 1")
+    if a.time_budget is not None and not a.time_budget > 0:
+        raise BadInput(f"--time-budget: got {a.time_budget}; expected seconds > 0")
+    grace = a.grace_period
+    if grace is None:
+        grace = max(a.eval_every, a.max_epochs / 10)
+    if not 0 < grace <= a.max_epochs:
+        raise BadInput(f"--grace-period: got {grace:g}; expected in (0, --max-epochs={a.max_epochs:g}]")
+    metric = a.metric or default_metric(a.dataset)
+    if not metric.startswith(("val/", "train/", "order/")):
+        raise BadInput(f"--metric: {metric!r} is not a training/validation metric; expected "
+                       f"val/... (the search never looks at the test split)")
+    mode = a.mode or ("min" if metric.endswith("loss") else "max")
+    n_startup = a.n_startup_trials
+    if n_startup is None:
+        n_startup = int(min(10, max(3, a.num_samples // 4)))
+    storage = str(a.storage_path)
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    name = a.name or f"{a.dataset}-{a.family}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if not name or "/" in name or name.startswith("."):
+        raise BadInput(f"--name: {name!r} is not a plain folder name")
+    return dict(
+        dataset=a.dataset, families=fams, family=a.family, space=a.space, metric=metric,
+        mode=mode, num_samples=a.num_samples, max_epochs=float(a.max_epochs),
+        eval_every=float(a.eval_every), grace_period=float(grace),
+        reduction_factor=float(a.reduction_factor), scheduler=a.scheduler, sampler=a.sampler,
+        n_startup_trials=n_startup, max_concurrent=a.max_concurrent, time_budget=a.time_budget,
+        seed=a.seed, optuna_storage=a.optuna_storage, cpus_per_trial=float(a.cpus_per_trial),
+        gpus_per_trial=float(a.gpus_per_trial), max_failures=a.max_failures,
+        storage_path=storage, name=name, inject_fault=a.inject_fault)
+
+
+DATA_FLAGS = ("T", "reading", "n_train", "n_val", "n_test", "data_seed", "data_root", "fold",
+              "val_subjects", "layout", "subset", "cache", "image_size")
+
+
+def base_config(a, s: dict) -> dict:
+    """Fixed TrainConfig fields of every trial (the flags), validated."""
+    from monet.config import TrainConfig
+
+    d = {"dataset": s["dataset"], "epochs": s["max_epochs"], "eval_every": s["eval_every"],
+         "seed": s["seed"], "tensorboard": True, "test_at_end": False, "checkpoint_every": 1,
+         "family": s["families"][0]}
+    for f in DATA_FLAGS:
+        v = getattr(a, f, None)
+        if v is not None:
+            d[f] = v
+    if s["dataset"] == "toy" and "T" not in d:
+        d["T"] = DEFAULTS["T"]
+    if s["gpus_per_trial"] > 0:
+        d["device"] = "cuda"
+    TrainConfig.from_dict(d, source="flags")
+    return d
+
+
+def experiment_dir(s: dict) -> Path:
+    if "://" in s["storage_path"]:
+        return None
+    return Path(s["storage_path"]) / s["name"]
+
+
+def check_address(address: str) -> None:
+    """Fail fast (one line) when a host:port address has nobody listening."""
+    if address in ("auto", "local"):
+        return
+    hp = address.split("://", 1)[-1]
+    host, _, port = hp.rpartition(":")
+    if not host or not port.isdigit():
+        raise BadInput(f"--address: {address!r}; expected host:port, ray://host:port or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as e:
+        raise BadInput(f"--address: cannot reach a Ray cluster at {address} "
+                       f"({e.strerror or e})") from None
+
+
+def start_ray(address, num_cpus):
+    """Connect to ``address`` or start a local instance; returns True if we started/connected."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env_path = os.pathsep.join([str(REPO_ROOT)] + [p for p in
+                               os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.environ["PYTHONPATH"] = env_path          # local workers inherit the driver's env
+    if address:
+        check_address(address)
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False,
+                     runtime_env={"py_modules": [str(REPO_ROOT / "monet"),
+                                                 str(REPO_ROOT / "search")]})
+        except Exception as e:
+            raise BadInput(f"--address: cannot connect to the Ray cluster at {address}: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+    return True
+
+
+# ---------------------------------------------------------------------------------- run
+def run(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from monet.errors import MonetError
+
+    try:
+        return _run(a)
+    except (BadInput, MonetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _run(a) -> int:
+    import yaml
+
+    from monet.config import TrainConfig
+    from monet.data import load_dataset
+    from monet.io import atomic_write_yaml
+    from search.searcher import make_storage
+    from search.spaces import SearchSpace, load_space_file
+    from search.trainable import parse_fault
+
+    if a.resume:
+        if not a.name:
+            raise BadInput("--resume: give the experiment with --storage-path and --name")
+        exp = Path(a.storage_path).expanduser().resolve() / a.name
+        if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
+            raise BadInput(f"--resume: no experiment to resume at {exp}")
+        with open(exp / "config.yaml") as f:
+            saved = yaml.safe_load(f)
+        s = saved["search"]
+        s["storage_path"], s["name"] = str(exp.parent), a.name
+        base = saved["base"]
+        space_overrides = saved.get("space_overrides") or {}
+    else:
+        s = resolve(a)
+        base = base_config(a, s)
+        space_overrides = load_space_file(s["space"]) if s["space"] else {}
+        exp = experiment_dir(s)
+        if exp is not None and (exp / "tuner.pkl").exists():
+            raise BadInput(f"--name: the experiment {exp} exists already; add --resume to "
+                           f"continue it or pick another --name")
+    fault = parse_fault(s.get("inject_fault"))
+
+    # data once, in the driver (a missing data root fails here, before Ray starts)
+    cfg0 = TrainConfig.from_dict(base, source="flags")
+    data = load_dataset(cfg0)
+    space = SearchSpace.build(s["families"], data.spec, s["max_epochs"], space_overrides,
+                              source=s["space"] or "space file")
+    storage = make_storage(s["optuna_storage"])
+    if storage is not None and not a.resume:
+        import optuna
+        if s["name"] in optuna.study.get_all_study_names(storage):
+            raise BadInput(f"--optuna-storage: a study named {s['name']!r} exists already in "
+                           f"{s['optuna_storage']}; add --resume or pick another --name")
+
+    address = a.address or os.environ.get("RAY_ADDRESS") or None
+    started = start_ray(address, a.num_cpus)
+    import ray
+    try:
+        res = ray.cluster_resources()
+        if s["gpus_per_trial"] > 0 and res.get("GPU", 0) < s["gpus_per_trial"]:
+            raise BadInput(f"--gpus-per-trial {s['gpus_per_trial']:g}: the Ray cluster has "
+                           f"{res.get('GPU', 0):g} GPUs")
+        if res.get("CPU", 0) < s["cpus_per_trial"]:
+            raise BadInput(f"--cpus-per-trial {s['cpus_per_trial']:g}: the Ray cluster has "
+                           f"{res.get('CPU', 0):g} CPUs")
+        if s["max_concurrent"] is None:
+            fit_cpu = res.get("CPU", 1) / s["cpus_per_trial"]
+            fit_gpu = res.get("GPU", 0) / s["gpus_per_trial"] if s["gpus_per_trial"] else math.inf
+            s["max_concurrent"] = max(1, int(min(fit_cpu, fit_gpu, s["num_samples"])))
+        base["_threads"] = max(1, int(s["cpus_per_trial"]))
+        if fault:
+            base["_fault"] = fault
+        if exp is not None and not a.resume:
+            atomic_write_yaml(exp / "config.yaml", {
+                "search": s, "base": {k: v for k, v in base.items() if not k.startswith("_")},
+                "space": space.describe(), "space_overrides": space_overrides,
+                "argv": sys.argv[1:]})
+        return _tune(s, base, data, space, storage, exp, resume=a.resume, verbose=a.verbose)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _tune(s, base, data, space, storage, exp, resume: bool, verbose: int) -> int:
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(s["max_concurrent"])
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"      # the classic reporter, with our columns
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.results import ExperimentFiles, ResultsCallback
+    from search.searcher import BudgetHonestOptunaSearch, make_sampler
+    from search.trainable import train_trial, trial_dirname
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, base=base),
+        {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
+    exp_path = str(exp) if exp is not None else f"{s['storage_path'].rstrip('/')}/{s['name']}"
+    if resume:
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        searcher = BudgetHonestOptunaSearch(
+            space, metric=s["metric"], mode=s["mode"],
+            sampler=make_sampler(s["sampler"], s["seed"], s["n_startup_trials"]),
+            storage=storage, study_name=s["name"])
+        if s["scheduler"] == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=s["max_epochs"],
+                                      grace_period=s["grace_period"],
+                                      reduction_factor=s["reduction_factor"])
+        else:
+            scheduler = FIFOScheduler()
+        files = ExperimentFiles(exp, s["metric"], s["mode"], base, s["dataset"]) if exp else None
+        callbacks = [ResultsCallback(files)] if files else []
+        params = [n for n in space.names() if not n.startswith("temperature/")][:8]
+        reporter = tune.CLIReporter(
+            metric_columns={"epoch": "epoch", s["metric"]: s["metric"], "val/loss": "val/loss"},
+            parameter_columns=params, max_report_frequency=10, sort_by_metric=True,
+            max_progress_rows=12)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=s["metric"], mode=s["mode"],
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"]),
+                scheduler=scheduler, num_samples=s["num_samples"],
+                time_budget_s=s["time_budget"], trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=s["name"], storage_path=s["storage_path"], callbacks=callbacks,
+                progress_reporter=reporter, verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    grid = tuner.fit()
+    return summarize(s, grid, exp, storage)
+
+
+def summarize(s, grid, exp, storage) -> int:
+    """Print the final summary: trial counts, best config and metric, where the files are."""
+    import yaml
+
+    states = {}
+    for r in grid:
+        st = "ERROR" if r.error else "TERMINATED"
+        budget = (r.metrics or {}).get("budget")
+        if st == "TERMINATED" and not (budget is not None and budget >= 1 - 1e-9):
+            st = "STOPPED EARLY"
+        states[st] = states.get(st, 0) + 1
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
+    print(f"\n{len(grid)} trials: {counts}")
+    best_file = exp / "best_config.yaml" if exp is not None else None
+    if best_file is None or not best_file.exists():
+        print("no trial finished with a finite metric; see the trial errors above")
+        return EXIT_NO_RESULT
+    with open(best_file) as f:
+        best = yaml.safe_load(f)
+    print(f"best trial {best['trial_id']} ({best['family']}): {best['metric']} = "
+          f"{best['value']:.4f} after {best['epochs']:g} epochs")
+    cfg = best["config"]
+    shown = [k for k in sorted(cfg) if k in _searched_names(exp)]
+    for k in shown:
+        print(f"  {k}: {cfg[k]}")
+    print(f"files: {exp}/best_config.yaml, trials.parquet, trials.csv")
+    print(f"  tensorboard --logdir {exp}")
+    if s.get("optuna_storage"):
+        print(f"  optuna-dashboard {s['optuna_storage']}")
+    print(f"  retrain: python -m monet.train --config {exp}/best_train_config.yaml "
+          f"--out runs/best")
+    return 0
+
+
+def _searched_names(exp) -> set:
+    import yaml
+
+    try:
+        with open(exp / "config.yaml") as f:
+            space = yaml.safe_load(f)["space"]
+    except (OSError, KeyError, TypeError):
+        return set()
+    names = {"family"}
+    for ps in space.values():
+        names |= set(ps)
+    return names | {"temperatures"}
+
+
+def main(argv=None) -> int:
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
