@@ -212,7 +212,9 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
         config: a :class:`TrainConfig` or a flat dict of its fields.
         data: the dataset (loaded once by the caller).
         report: ``report(metrics: dict, checkpoint_dir: str | None)`` after each evaluation round;
-            ``checkpoint_dir`` holds ``checkpoint.pt`` on rounds that wrote one.
+            ``checkpoint_dir`` holds ``checkpoint.pt`` on rounds that wrote one; without a
+            ``run_dir`` it is a temporary folder, valid during the call only (copy it there,
+            as ``tune.report(..., checkpoint=Checkpoint.from_directory(d))`` does).
         run_dir: folder for ``config.yaml``, ``metrics.jsonl``, ``checkpoint/`` and ``events/``;
             None keeps checkpoints in a temporary folder and writes nothing else.
         resume_from: a checkpoint file or folder to continue from.
@@ -297,7 +299,7 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
                 loss, parts = compute_loss(model, out, y, m, spec, weights, c)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss)}) at epoch {epoch}, step {step} "
+                        f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, step {step} "
                         f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate")
                 opt.zero_grad(set_to_none=True)
                 if opt_u is not None:
@@ -359,7 +361,7 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
             metrics_file.close()
         if writer is not None:
             writer.close()
-        if tmp_ckpt is not None and report is None:
+        if tmp_ckpt is not None:  # report() consumers copy the checkpoint during the call
             tmp_ckpt.cleanup()
 
 

@@ -56,7 +56,7 @@ def load_tabular(path, label_columns: Optional[Sequence[str]] = None,
         bad = ~np.isin(y, (0, 1))
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise DataError(f"{path}: y[{r}, {c}] = {y[r, c]!r}; labels must be 0 or 1")
+            raise DataError(f"{path}: y[{r}, {c}] = {y[r, c]}; labels must be 0 or 1")
     else:
         import pandas as pd
 
@@ -82,7 +82,7 @@ def load_tabular(path, label_columns: Optional[Sequence[str]] = None,
             bad = ~df[c].isin([0, 1])
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataError(f"{path}: line {i + 2}, column {c!r}: value {df[c].iloc[i]!r}; "
+                raise DataError(f"{path}: line {i + 2}, column {c!r}: value {df[c].iloc[i]}; "
                                 f"labels must be 0 or 1")
         for c in feature_columns:
             if not pd.api.types.is_numeric_dtype(df[c]):

@@ -1,0 +1,115 @@
+"""The training loop: warmup, checkpoint/resume equality, non-finite loss, learning, the CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from monet.config import TrainConfig
+from monet.data import load_dataset
+from monet.errors import ConfigError, NonFiniteLossError
+from monet.train import fit, load_checkpoint
+
+SMALL = dict(dataset="toy", T=3, n_train=96, n_val=48, n_test=48, batch_size=16, tensorboard=False)
+
+
+def test_warmup_leaves_order_logits_unchanged():
+    c = TrainConfig(**SMALL, family="monet", M=6, k=4, warmup=2, epochs=2, order_lr=0.05)
+    res = fit(c, load_dataset(c))
+    assert torch.equal(res["model"].order_logits.detach(), torch.zeros(6))
+    c2 = c.replace(warmup=1.5)     # fractional warmup: the order optimizer starts mid-epoch 2
+    res2 = fit(c2, load_dataset(c2))
+    assert float(res2["model"].order_logits.detach().abs().max()) > 0
+
+
+def test_eval_rounds_in_fractions_of_an_epoch():
+    c = TrainConfig(**SMALL, family="vmnc", epochs=1, eval_every=0.5)
+    seen = []
+
+    def report(m, ck):  # the checkpoint folder is valid during the call
+        saved = torch.load(ck + "/checkpoint.pt", weights_only=True)
+        seen.append((m["epoch"], m["round"], saved["round"], saved["step"]))
+
+    fit(c, load_dataset(c), report=report)
+    assert seen == [(0.5, 1, 1, 3), (1.0, 2, 2, 6)]
+
+
+@pytest.mark.parametrize("family,extra", [("monet", dict(M=6, k=3, warmup=1)),
+                                          ("vmns", dict(dropout=0.3))])
+def test_resume_gives_identical_weights(tmp_path, family, extra):
+    c4 = TrainConfig(**SMALL, family=family, epochs=4, **extra)
+    data = load_dataset(c4)
+    straight = fit(c4, data, run_dir=tmp_path / "a")["model"].state_dict()
+    fit(c4.replace(epochs=2), data, run_dir=tmp_path / "b")
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint")          # weights_only=True
+    assert ck["step"] == 2 * 6 and ck["round"] == 2
+    resumed = fit(c4, data, run_dir=tmp_path / "b", resume_from=tmp_path / "b" / "checkpoint")
+    rs = resumed["model"].state_dict()
+    assert resumed["steps"] == 4 * 6
+    for k, v in straight.items():
+        assert torch.equal(v, rs[k]), k
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_with_clear_error():
+    c = TrainConfig(**SMALL, family="vmnc", lr=1e30, epochs=3, lr_decay=1.0)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at epoch"):
+        fit(c, load_dataset(c))
+
+
+def test_short_toy_run_learns_task1():
+    c = TrainConfig(dataset="toy", T=2, family="vmnc", epochs=40, lr=3e-3, eval_every=40,
+                    tensorboard=False, test_at_end=True, seed=0)
+    res = fit(c, load_dataset(c))
+    assert res["test"]["acc/task1"] >= 0.95
+
+
+def test_bad_config_fields():
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['bogus'\]"):
+        TrainConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="field 'lr_decay' = 1.5; expected a value in"):
+        TrainConfig.from_dict({"lr_decay": 1.5})
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "monet.train", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_prints_results_and_writes_run_folder(tmp_path):
+    out = tmp_path / "run"
+    r = _cli("--dataset", "toy", "--family", "monet", "--T", "3", "--M", "6", "--k", "4",
+             "--warmup", "1", "--epochs", "2", "--n-train", "64", "--seed", "0", "--out", str(out),
+             "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "mean accuracy" in r.stdout and "learned order:" in r.stdout
+    for t in ("task1", "task2", "task3"):
+        assert f"{t}  acc" in r.stdout
+    assert {"config.yaml", "metrics.jsonl", "checkpoint", "test_metrics.yaml", "events"} <= \
+        {p.name for p in out.iterdir()}
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["family"] == "monet" and cfg["M"] == 6 and cfg["seed"] == 0
+    # the saved config reproduces the run
+    again = fit(TrainConfig.from_yaml(out / "config.yaml"),
+                load_dataset(TrainConfig.from_yaml(out / "config.yaml")))
+    saved = yaml.safe_load((out / "test_metrics.yaml").read_text())
+    assert again["test"]["mean_acc"] == pytest.approx(saved["mean_acc"])
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--family", "nope"], "family: unknown model family 'nope'"),
+    (["--M", "200", "--T", "5", "--k", "10"], "only T! = 120"),
+    (["--k", "130", "--M", "120"], "k = 130 > M = 120"),
+    (["--k", "0"], "expected k >= 1"),
+    (["--T", "3", "--family", "oracle", "--order", "0,1"], "permutation"),
+    (["--dataset", "nope"], "dataset: unknown dataset 'nope'"),
+    (["--lr", "-1"], "field 'lr' = -1.0"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, msg):
+    r = _cli(*args, "--epochs", "1", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and msg in lines[0], r.stderr
