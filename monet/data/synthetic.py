@@ -123,7 +123,7 @@ def _subject_profile(rng: np.random.Generator) -> dict:
     )
 
 
-def _emotion_sequence(rng, mix: np.ndarray, n: int, stay: float = 0.85) -> np.ndarray:
+def _emotion_sequence(rng, mix: np.ndarray, n: int, stay: float = 0.6) -> np.ndarray:
     """A sticky Markov chain of emotions (frames of a video persist)."""
     out = np.empty(n, dtype=np.int64)
     cur = rng.choice(len(mix), p=mix)
@@ -261,7 +261,7 @@ def draw_face(subject: dict, au: dict, attrs: dict, size, rng) -> Image.Image:
         if at("High_Cheekbones"):
             d.ellipse([P(x - 0.04, ey + 0.045), P(x + 0.04, ey + 0.075)], fill=_col(skin, 1.15))
     # eyes: AU5 widens, AU7 (and AU6) narrow
-    open_ = np.clip(1 + 0.5 * a(5) - 0.6 * a(7) - 0.3 * a(6), 0.15, 1.6)
+    open_ = np.clip(1 + 0.6 * a(5) - 0.75 * a(7) - 0.3 * a(6), 0.15, 1.7)
     for sx in (-1, 1):
         x = 0.5 + sx * ex
         if at("Heavy_Makeup"):
@@ -271,6 +271,9 @@ def draw_face(subject: dict, au: dict, attrs: dict, size, rng) -> Image.Image:
         r = min(0.02, eh)
         d.ellipse([P(x - r, ey - r), P(x + r, ey + r)], fill=(40, 30, 25))
         d.arc([P(x - ew, ey - eh), P(x + ew, ey + eh)], 180, 360, fill=(30, 25, 20), width=lw(0.006))
+        if a(7) > 0:  # tightened lower lid
+            d.arc([P(x - ew, ey - eh), P(x + ew, ey + eh)], 0, 180, fill=_col(skin, 0.5),
+                  width=lw(0.004 + 0.006 * a(7)))
         if at("Eyeglasses"):
             d.ellipse([P(x - 0.075, ey - 0.055), P(x + 0.075, ey + 0.055)], outline=(20, 20, 20),
                       width=lw(0.01))
@@ -281,8 +284,8 @@ def draw_face(subject: dict, au: dict, attrs: dict, size, rng) -> Image.Image:
     arch = 0.012 + (0.02 if at("Arched_Eyebrows") else 0.0)
     bw = 0.016 if at("Male") else 0.012
     for sx in (-1, 1):
-        inner = (0.5 + sx * (ex - 0.05 - 0.015 * a(4)), by - 0.05 * a(1) + 0.015 * a(4))
-        outer = (0.5 + sx * (ex + 0.065), by - 0.05 * a(2))
+        inner = (0.5 + sx * (ex - 0.05 - 0.015 * a(4)), by - 0.06 * a(1) + 0.015 * a(4))
+        outer = (0.5 + sx * (ex + 0.065), by - 0.06 * a(2))
         mid = ((inner[0] + outer[0]) / 2, by - arch - 0.03 * (a(1) + a(2)) / 2)
         d.line(pts(_bezier(inner, mid, outer)), fill=_col(hair, 0.6), width=lw(bw), joint="curve")
     if a(4) > 0:
@@ -300,11 +303,11 @@ def draw_face(subject: dict, au: dict, attrs: dict, size, rng) -> Image.Image:
     if a(9) > 0:
         for k in range(3):
             y = ey + 0.03 + 0.014 * k
-            d.line(pts([(0.48, y), (0.52, y)]), fill=_col(skin, 1 - 0.45 * a(9)), width=lw(0.005))
+            d.line(pts([(0.47, y), (0.53, y)]), fill=_col(skin, 1 - 0.6 * a(9)), width=lw(0.007))
     # mouth
     my, mw = subject["mouth_y"], subject["mouth_w"]
-    mw = mw * (1 + 0.3 * a(20) + 0.15 * a(14) + 0.12 * a(12) - 0.3 * a(23))
-    cyc = my - 0.04 * a(12) + 0.04 * a(15)                          # lip corner height
+    mw = mw * (1 + 0.45 * a(20) + 0.15 * a(14) + 0.12 * a(12) - 0.4 * a(23))
+    cyc = my - 0.05 * a(12) + 0.05 * a(15)                          # lip corner height
     up = my - 0.008 - 0.03 * a(10)
     gap = (0.028 * a(25) + 0.055 * a(26)) * (1 - 0.7 * a(24))
     if attrs and at("Mouth_Slightly_Open"):
@@ -328,11 +331,11 @@ def draw_face(subject: dict, au: dict, attrs: dict, size, rng) -> Image.Image:
     d.line(pts(lower), fill=_col(lips, 0.9), width=lw(lip_w * 1.3), joint="curve")
     if a(14) > 0:
         for sx in (-1, 1):
-            x, r = 0.5 + sx * (mw + 0.018), 0.008 * (0.5 + a(14))
-            d.ellipse([P(x - r, cyc - r), P(x + r, cyc + r)], fill=_col(skin, 0.55))
+            x, r = 0.5 + sx * (mw + 0.02), 0.012 * (0.5 + a(14))
+            d.ellipse([P(x - r, cyc - r), P(x + r, cyc + r)], fill=_col(skin, 0.45))
     if a(17) > 0:
-        d.arc([P(0.46, low + 0.03), P(0.54, low + 0.07)], 200, 340, fill=_col(skin, 1 - 0.4 * a(17)),
-              width=lw(0.007))
+        d.arc([P(0.45, low + 0.025), P(0.55, low + 0.075)], 200, 340, fill=_col(skin, 1 - 0.5 * a(17)),
+              width=lw(0.01))
     img = img.resize((W, H), Image.LANCZOS)
     # lighting and sensor noise (attractive faces are cleaner)
     arr = np.asarray(img, dtype=np.float32)
@@ -524,7 +527,7 @@ def _affwild2(out: Path, subjects: int, frames: int, size: int, seed: int,
         if v % 5 == 4:
             video += "_left"
         prof = _subject_profile(rng)
-        emo = _emotion_sequence(rng, prof["mix"], frames, stay=0.9)
+        emo = _emotion_sequence(rng, prof["mix"], frames, stay=0.8)
         on = sample_aus(rng, emo, prof["au_shift"])
         # missing annotations come in runs of frames, task by task
         miss = {t: np.repeat(rng.random(-(-frames // 10)) < missing, 10)[:frames]
