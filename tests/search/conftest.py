@@ -1,0 +1,37 @@
+"""Shared helpers for the search-layer tests (real Ray, real Optuna, real toy training)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+# Ray workers inherit the driver's environment: make monet/ and search/ importable there too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+CLI = [sys.executable, str(REPO / "search" / "tune_monet.py")]
+# the smallest real search: toy T=3, vmnc, few examples, few epochs
+TINY = ["--dataset", "toy", "--T", "3", "--n-train", "96", "--n-val", "64", "--n-test", "64"]
+
+
+def run_cli(args, timeout=300, env=None, **kw):
+    """Run ``search/tune_monet.py ARGS`` in a subprocess; returns CompletedProcess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout,
+                          env=e, cwd=str(REPO), **kw)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance (2 CPUs) per test module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
