@@ -62,6 +62,7 @@ from monet.errors import ConfigError
 FAMILIES_ALL = ("vmnc", "vmns", "mrnn", "monet")   # what --family all searches across
 M_CAP = 128                                         # default upper end of M (paper toy grid: 128+)
 TEMPERATURE_PREFIX = "temperature/"
+TRIAL_NUMBER_KEY = "optuna_trial"                   # the Optuna trial number, in every config
 
 # TrainConfig fields that flags own: a space file may not set them.
 FLAG_FIELDS = {
@@ -268,6 +269,9 @@ class SearchSpace:
             values[p.name] = v
             if p.kind == "fixed":
                 fixed[p.name] = v
+        number = getattr(trial, "number", None)
+        if number is not None:                         # links the Tune trial to the study
+            fixed[TRIAL_NUMBER_KEY] = int(number)
         if "M" not in values and family == "monet":   # M dropped: clamp defaults to T!
             fixed["M"] = min(TrainConfig.M, math.factorial(self.T))
             if "k" not in values:
@@ -429,6 +433,8 @@ def trial_to_train_config(base: dict, params: dict) -> TrainConfig:
     d = dict(base)
     temps = dict(d.get("temperatures") or {})
     for k, v in params.items():
+        if k == TRIAL_NUMBER_KEY:
+            continue
         if k.startswith(TEMPERATURE_PREFIX):
             temps[k[len(TEMPERATURE_PREFIX):]] = float(v)
         else:

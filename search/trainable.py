@@ -29,7 +29,7 @@ from ray.tune.utils import flatten_dict
 
 from monet.errors import NonFiniteLossError
 from monet.train import _batch_indices, fit
-from search.spaces import trial_to_train_config
+from search.spaces import TRIAL_NUMBER_KEY, trial_to_train_config
 
 NONFINITE_MARK = "nonfinite.txt"     # left in the trial folder: a retry fails at once
 ATTEMPTS_LOG = "attempts.jsonl"      # one line per start of the trial (fresh, retry, resume)
@@ -44,8 +44,8 @@ def parse_fault(spec: Optional[str]) -> Optional[dict]:
 
     Form: ``KIND[,round=R][,every=N][,once]`` with KIND ``raise`` (an exception after round R's
     report) or ``nan`` (the trial trains with lr=1e9, so its loss really becomes non-finite).
-    ``every=N`` picks the trials whose index is a multiple of N (default: every trial); ``once``
-    faults only on a fresh start, so a retry from the checkpoint succeeds.
+    ``every=N`` picks the trials whose Optuna trial number is a multiple of N (default: every
+    trial); ``once`` faults only on a fresh start, so a retry from the checkpoint succeeds.
     """
     if not spec:
         return None
@@ -65,13 +65,6 @@ def parse_fault(spec: Optional[str]) -> Optional[dict]:
         else:
             raise ConfigError(f"--inject-fault: bad part {p!r}; expected round=R, every=N or once")
     return out
-
-
-def _trial_index(trial_id: str) -> int:
-    try:
-        return int(str(trial_id).rsplit("_", 1)[-1])
-    except ValueError:
-        return 0
 
 
 def _clean(metrics: dict) -> dict:
@@ -106,7 +99,8 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
     trial_id = ctx.get_trial_id()
     trial_dir = Path(ctx.get_trial_dir())
     params = flatten_dict(dict(config), delimiter="/")
-    faulty = fault is not None and _trial_index(trial_id) % fault["every"] == 0
+    number = int(params.get(TRIAL_NUMBER_KEY, 0))
+    faulty = fault is not None and number % fault["every"] == 0
     if faulty and fault["kind"] == "nan":
         params["lr"] = 1e9
     cfg = trial_to_train_config(base, params)

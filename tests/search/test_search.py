@@ -1,0 +1,170 @@
+"""Real searches on one local Ray instance (2 CPUs): files, Optuna records, faults, retries.
+
+Every search here is tiny: toy T=3 with 96 training examples, vmnc (or a small MONET), a few
+epochs. The CLI's ``run`` is called in this process, on the module's Ray instance.
+"""
+import json
+import struct
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TINY
+from monet.config import TrainConfig
+from search import tune_monet
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def search(tmp_path, name, *args):
+    db = f"sqlite:///{tmp_path / (name + '.db')}"
+    rc = tune_monet.run(TINY + ["--storage-path", str(tmp_path), "--name", name,
+                                "--optuna-storage", db, "--verbose", "0", *args])
+    exp = tmp_path / name
+    study = optuna.load_study(study_name=name, storage=db)
+    return rc, exp, pd.read_parquet(exp / "trials.parquet"), study
+
+
+def by_ray_id(study):
+    return {t.user_attrs.get("ray_trial_id"): t for t in study.trials}
+
+
+def read_events(path):
+    """Tags and kinds (scalar/histo/image) in a tensorboardX events file (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = {}
+    data = path.read_bytes()
+    i = 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        ev = event_pb2.Event()
+        ev.ParseFromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        for v in ev.summary.value:
+            tags[v.tag] = v.WhichOneof("value")
+    return tags
+
+
+def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, tmp_path):
+    rc, exp, df, study = search(
+        tmp_path, "smoke", "--family", "vmnc", "--num-samples", "6", "--max-epochs", "3",
+        "--eval-every", "0.5", "--grace-period", "0.5", "--reduction-factor", "2",
+        "--max-concurrent", "2")
+    assert rc == 0
+    # experiment files
+    for f in ("config.yaml", "trials.parquet", "trials.csv", "best_config.yaml"):
+        assert (exp / f).is_file(), f
+    assert len(df) == 6 and set(df["state"]) == {"TERMINATED"}
+    csv = pd.read_csv(exp / "trials.csv")
+    assert list(csv["trial_id"]) == list(df["trial_id"])
+    cfg = yaml.safe_load((exp / "config.yaml").read_text())
+    assert cfg["search"]["metric"] == "val/mean_acc" and cfg["search"]["max_epochs"] == 3.0
+    assert "lr" in cfg["space"]["vmnc"]
+    best = yaml.safe_load((exp / "best_config.yaml").read_text())
+    assert best["family"] == "vmnc" and best["dataset"] == "toy" and best["metric"] == "val/mean_acc"
+    assert best["monet_tune_version"] and best["full_budget"] is True
+    row = df.set_index("trial_id").loc[best["trial_id"]]
+    full = df[~df["stopped_early"]]
+    assert best["value"] == pytest.approx(full["last/val/mean_acc"].max())
+    assert row["epochs"] == 3.0
+    assert TrainConfig.from_dict(best["config"]).epochs == 3.0
+    # ASHA stopped some trials before the budget; the others used all 6 rounds
+    early = df[df["stopped_early"]]
+    assert len(early) >= 1 and (early["epochs"] < 3).all()
+    assert (full["rounds"] == 6).all()
+    # Optuna: PRUNED (with intermediate values) for ASHA-stopped, COMPLETE for full budget
+    ot = by_ray_id(study)
+    assert len(study.trials) == 6
+    for _, r in df.iterrows():
+        t = ot[r["trial_id"]]
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, int(r["rounds"]) + 1))
+        if r["stopped_early"]:
+            assert t.state == optuna.trial.TrialState.PRUNED
+            assert max(steps) < 6
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.value == pytest.approx(r["last/val/mean_acc"])
+    # per-trial folders: our metrics + tensorboardX events beside Ray's result files
+    for d in df["trial_dir"]:
+        d = exp / d.rsplit("/", 1)[-1]
+        assert (d / "result.json").is_file() and (d / "metrics.jsonl").is_file()
+        ev = next((d / "events").glob("events.out.tfevents.*"))
+        tags = read_events(ev)
+        assert tags.get("val/mean_acc") == "simple_value" and "train/loss" in tags
+    # two trials really ran at the same time
+    spans = []
+    for d in df["trial_dir"]:
+        d = exp / d.rsplit("/", 1)[-1]
+        start = json.loads((d / "attempts.jsonl").read_text().splitlines()[0])["time"]
+        end = json.loads((d / "result.json").read_text().splitlines()[-1])["timestamp"]
+        spans.append((start, end))
+    spans.sort()
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_monet_trials_log_pi_histogram_and_omega_image(ray_local, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("M: {low: 2, high: 6}\nL: 4\nwarmup: 0.0\n")
+    rc, exp, df, study = search(
+        tmp_path, "monet", "--family", "monet", "--space", str(space), "--num-samples", "2",
+        "--max-epochs", "1", "--scheduler", "fifo")
+    assert rc == 0 and len(df) == 2
+    assert (df["config/k"] <= df["config/M"]).all()
+    d = exp / df["trial_dir"][0].rsplit("/", 1)[-1]
+    tags = read_events(next((d / "events").glob("events.out.tfevents.*")))
+    assert tags.get("order/pi") == "histo"
+    assert tags.get("order/omega") == "image"
+    assert "order/dist_to_identity" in tags
+
+
+@pytest.mark.parametrize("fault, text", [
+    ("raise,round=1,every=2", "injected fault"),
+    ("nan,every=2", "non-finite loss"),
+])
+def test_failing_trials_are_errors_and_the_search_goes_on(ray_local, tmp_path, fault, text):
+    rc, exp, df, study = search(
+        tmp_path, "faults", "--family", "vmnc", "--num-samples", "4", "--max-epochs", "2",
+        "--scheduler", "fifo", "--inject-fault", fault)
+    assert rc == 0
+    df = df.sort_values("config/optuna_trial")
+    assert list(df["state"]) == ["ERROR", "TERMINATED", "ERROR", "TERMINATED"]
+    assert all(text in e for e in df[df["state"] == "ERROR"]["error"])
+    ot = by_ray_id(study)
+    for _, r in df.iterrows():
+        want = "FAIL" if r["state"] == "ERROR" else "COMPLETE"
+        assert ot[r["trial_id"]].state.name == want
+    best = yaml.safe_load((exp / "best_config.yaml").read_text())
+    assert best["trial_id"] in set(df[df["state"] == "TERMINATED"]["trial_id"])
+
+
+def test_max_failures_retries_from_the_last_checkpoint(ray_local, tmp_path):
+    rc, exp, df, study = search(
+        tmp_path, "retry", "--family", "vmnc", "--num-samples", "2", "--max-epochs", "2",
+        "--eval-every", "0.5", "--scheduler", "fifo", "--max-failures", "1",
+        "--inject-fault", "raise,round=2,once")
+    assert rc == 0
+    assert set(df["state"]) == {"TERMINATED"} and (df["rounds"] == 4).all()
+    for d in df["trial_dir"]:
+        d = exp / d.rsplit("/", 1)[-1]
+        attempts = [json.loads(x) for x in (d / "attempts.jsonl").read_text().splitlines()]
+        assert [a["restored"] for a in attempts] == [False, True]
+        rounds = [json.loads(x) for x in (d / "result.json").read_text().splitlines()]
+        # rounds 1-2 on the first attempt, then 3-4 resumed from round 2's checkpoint
+        assert [r["round"] for r in rounds][-2:] == [3, 4]
+        assert rounds[-1]["restored_round"] == 2
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+
+
+def test_nonfinite_trials_are_not_retried(ray_local, tmp_path):
+    rc, exp, df, study = search(
+        tmp_path, "nan", "--family", "vmnc", "--num-samples", "1", "--max-epochs", "1",
+        "--scheduler", "fifo", "--max-failures", "2", "--inject-fault", "nan")
+    assert rc == 1                               # no trial succeeded
+    assert list(df["state"]) == ["ERROR"]
+    d = exp / df["trial_dir"][0].rsplit("/", 1)[-1]
+    assert (d / "nonfinite.txt").is_file()
+    assert study.trials[0].state.name == "FAIL"
