@@ -45,6 +45,7 @@ class TrainConfig:
     hidden: int = 64                # GRU units (mrnn/monet)
     head_width: int = 64            # vmnc/vmns head width
     dropout: float = 0.0            # vmnc/vmns head dropout
+    feedback: str = "prev"          # label feedback: 'prev' (eq. 15) or 'all' (every earlier label)
     feedback_embed: int = 0         # >0: dense layer of this width on the label feedback
     M: int = 120                    # monet: number of orders (<= T!)
     k: int = 100                    # monet: orders kept per example (order dropout), 1..M

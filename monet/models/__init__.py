@@ -61,8 +61,9 @@ def _vmns(c, spec, enc, dim):
 @register_family("monet")
 def _monet(c, spec, enc, dim):
     from monet.models.monet import MultiOrderNet
-    return MultiOrderNet(enc, dim, spec, hidden=c.hidden, M=c.M, k=c.k, feedback_embed=c.feedback_embed,
-                         orders=_order_from_config(c, spec.T), L=c.L, seed=c.seed)
+    return MultiOrderNet(enc, dim, spec, hidden=c.hidden, M=c.M, k=c.k, feedback=c.feedback,
+                         feedback_embed=c.feedback_embed, orders=_order_from_config(c, spec.T),
+                         L=c.L, seed=c.seed)
 
 
 @register_family("oracle")
@@ -72,7 +73,7 @@ def _oracle(c, spec, enc, dim):
     if orders is None:
         orders = torch.arange(spec.T)[None]
     return MultiOrderNet(enc, dim, spec, hidden=c.hidden, orders=orders,
-                         feedback_embed=c.feedback_embed, L=c.L, seed=c.seed)
+                         feedback=c.feedback, feedback_embed=c.feedback_embed, L=c.L, seed=c.seed)
 
 
 @register_family("mrnn")
@@ -82,7 +83,7 @@ def _mrnn(c, spec, enc, dim):
     if orders is None:
         orders = random_orders(spec.T, 1, c.seed)
     m = MultiOrderNet(enc, dim, spec, hidden=c.hidden, orders=orders, shared_cell=True,
-                      feedback_embed=c.feedback_embed, L=c.L, seed=c.seed)
+                      feedback=c.feedback, feedback_embed=c.feedback_embed, L=c.L, seed=c.seed)
     m.family = "mrnn"
     return m
 

@@ -77,7 +77,7 @@ class _Trie:
 
     def __init__(self, orders: torch.Tensor):
         M, T = orders.shape
-        self.node_of, self.task, self.parent, self.prev_task = [], [], [], []
+        self.node_of, self.task, self.parent, self.prev_task, self.seen = [], [], [], [], []
         for t in range(T):
             # Key: last task first, so unique() sorts the nodes of this level by task.
             key = torch.cat([orders[:, t:t + 1], orders[:, :t]], dim=1)
@@ -86,6 +86,10 @@ class _Trie:
             self.task.append(uniq[:, 0].contiguous())      # [P_t] task computed at this node
             rep = torch.empty(len(uniq), dtype=torch.long)
             rep[inv] = torch.arange(M)                     # a representative order per node
+            seen = torch.zeros(len(uniq), T)                # tasks before step t at this node
+            if t > 0:
+                seen.scatter_(1, orders[rep, :t], 1.0)
+            self.seen.append(seen)
             if t == 0:
                 self.parent.append(torch.zeros(len(uniq), dtype=torch.long))
                 self.prev_task.append(torch.full((len(uniq),), -1, dtype=torch.long))
@@ -94,7 +98,7 @@ class _Trie:
                 self.prev_task.append(orders[rep, t - 1])
 
     def to(self, device):
-        for name in ("node_of", "task", "parent", "prev_task"):
+        for name in ("node_of", "task", "parent", "prev_task", "seen"):
             setattr(self, name, [v.to(device) for v in getattr(self, name)])
         return self
 
@@ -111,6 +115,9 @@ class MultiOrderNet(MultiTaskModel):
         k: orders kept per example during training (order dropout); ``None`` keeps all M.
         orders: explicit ``[M, T]`` orders (0-based); default: M seeded random permutations.
         shared_cell: one GRU cell for all tasks (MRNN) instead of one per task (MONET).
+        feedback: label feedback into the cell of step t: ``prev`` (eq. 15: (2y - 1) times the
+            one-hot of the task of step t-1) or ``all`` (the signed labels of every task of steps
+            1..t-1, zeros elsewhere).
         feedback_embed: width of a dense+ReLU layer on the label feedback (0: none).
         L: default number of inference trajectories.
         seed: seed of the random orders.
@@ -120,7 +127,8 @@ class MultiOrderNet(MultiTaskModel):
 
     def __init__(self, encoder: nn.Module, enc_dim: int, spec: TaskSpec, hidden: int = 64,
                  M: int = 120, k: Optional[int] = None, orders: Optional[torch.Tensor] = None,
-                 shared_cell: bool = False, feedback_embed: int = 0, L: int = 20, seed: int = 0):
+                 shared_cell: bool = False, feedback: str = "prev", feedback_embed: int = 0,
+                 L: int = 20, seed: int = 0):
         super().__init__(spec)
         if not spec.all_binary:
             bad = [t.name for t in spec.tasks if t.kind != "binary"]
@@ -144,6 +152,9 @@ class MultiOrderNet(MultiTaskModel):
         self.T, self.M, self.k, self.L, self.hidden = T, M, k, int(L), hidden
         self.encoder = encoder
         self.proj = nn.Identity() if enc_dim == hidden else nn.Linear(enc_dim, hidden)
+        if feedback not in ("prev", "all"):
+            raise ConfigError(f"feedback: expected 'prev' or 'all', got {feedback!r}")
+        self.feedback_mode = feedback
         in_dim = feedback_embed if feedback_embed else T
         self.feedback = (nn.Sequential(nn.Linear(T, feedback_embed), nn.ReLU())
                          if feedback_embed else nn.Identity())
@@ -256,14 +267,6 @@ class MultiOrderNet(MultiTaskModel):
         o = torch.baddbmm(self.head_b[:, None, None], hn, self.head_w[:, :, None])  # [C, n, 1]
         return hn.reshape(C * n_max, H).index_select(0, flat), o.reshape(-1).index_select(0, flat)
 
-    def _feedback(self, prev_task: Optional[torch.Tensor], sign: Optional[torch.Tensor],
-                  R: int, ref: torch.Tensor) -> torch.Tensor:
-        """(2y - 1) e_{prev task} ``[R, in]``; zeros at the first step (``prev_task`` None)."""
-        fb = ref.new_zeros(R, self.T)
-        if prev_task is not None:
-            fb.scatter_(1, prev_task[:, None], sign[:, None])
-        return self.feedback(fb)
-
     def encode(self, x):
         return self.proj(self.encoder(x))                                   # [B, H]
 
@@ -308,13 +311,17 @@ class MultiOrderNet(MultiTaskModel):
             lookup = torch.full((B, P), -1, dtype=torch.long, device=dev)
             lookup[b_idx, p_idx] = torch.arange(R, device=dev)
             task = trie.task[t][p_idx]
+            fb = h0.new_zeros(R, self.T)                                     # label feedback
             if t == 0:
                 h_in = h_prev.index_select(0, b_idx)
-                fb = self._feedback(None, None, R, h0)
             else:
                 h_in = h_prev.index_select(0, lookup_prev[b_idx, trie.parent[t][p_idx]])
-                pt = trie.prev_task[t][p_idx]
-                fb = self._feedback(pt, sign[b_idx, pt], R, h0)
+                if self.feedback_mode == "all":
+                    fb = sign.index_select(0, b_idx) * trie.seen[t][p_idx]
+                else:
+                    pt = trie.prev_task[t][p_idx]
+                    fb.scatter_(1, pt[:, None], sign[b_idx, pt][:, None])
+            fb = self.feedback(fb)
             counts = torch.bincount(task, minlength=self.T).tolist()
             h_new, o = self._step(fb, h_in, task, counts)                     # [R, H], [R]
             step_logits.append(o[lookup[bidx, node]])                       # [B, K]
@@ -345,17 +352,19 @@ class MultiOrderNet(MultiTaskModel):
             s = torch.multinomial(pi.cpu(), R, replacement=True, generator=generator).to(dev)
         ords = self.orders[s]                                                # [R, T]
         h = h0.repeat_interleave(L, dim=0)                                   # [R, H]
-        prev, sign = None, None
+        fb = h.new_zeros(R, T)                                               # raw label feedback
         probs = torch.zeros(R, T, device=dev, dtype=h.dtype)
         rows = torch.arange(R, device=dev)
         temp = self.temperature
         for t in range(T):
             task = ords[:, t]
-            h, o = self._step(self._feedback(prev, sign, R, h), h, task)
+            h, o = self._step(self.feedback(fb), h, task)
             p = torch.sigmoid(o / temp[task])
             probs[rows, task] = p
             u = torch.rand(R, generator=generator).to(dev)
-            sign = 2.0 * (u < p).to(h.dtype) - 1.0
-            prev = task
+            sign = 2.0 * (u < p).to(h.dtype) - 1.0                           # sampled label
+            if self.feedback_mode == "prev":
+                fb = h.new_zeros(R, T)
+            fb[rows, task] = sign
         out = probs.view(B, L, T).mean(1)
         return (out, s.view(B, L)) if return_orders else out

@@ -42,7 +42,9 @@ def reference_forward(net, x, y, kept) -> ModelOutput:
             h = net.cell(task, net.feedback(fb), h)
             o = h @ net.head_w[task] + net.head_b[task]
             logits = logits.index_put((rows, slot, torch.full_like(rows, task)), o)
-            fb = h0.new_zeros(len(rows), T)
+            if net.feedback_mode == "prev":
+                fb = h0.new_zeros(len(rows), T)
+            fb = fb.clone()
             fb[:, task] = 2.0 * y[rows, task] - 1.0
     if net.order_logits is None:
         log_w = h0.new_zeros(B, K)

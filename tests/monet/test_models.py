@@ -40,13 +40,14 @@ def test_random_orders_distinct_seeded_permutations():
     assert len({tuple(r) for r in big.tolist()}) == 64
 
 
-@pytest.mark.parametrize("T,M,k,feedback_embed", [(3, 6, 4, 0), (5, 120, 100, 0), (4, 10, 10, 8),
-                                                   (6, 40, 7, 0)])
-def test_vectorised_matches_reference_loop(T, M, k, feedback_embed):
+@pytest.mark.parametrize("T,M,k,feedback_embed,feedback", [
+    (3, 6, 4, 0, "prev"), (5, 120, 100, 0, "prev"), (4, 10, 10, 8, "prev"), (6, 40, 7, 0, "prev"),
+    (5, 60, 30, 0, "all"), (4, 12, 5, 8, "all")])
+def test_vectorised_matches_reference_loop(T, M, k, feedback_embed, feedback):
     torch.manual_seed(0)
     spec = spec_of(T)
     net = MultiOrderNet(MLPEncoder(2, 2, 16), 16, spec, hidden=16, M=M, k=k,
-                        feedback_embed=feedback_embed, seed=1).train()
+                        feedback_embed=feedback_embed, feedback=feedback, seed=1).train()
     with torch.no_grad():                                         # non-uniform order logits
         net.order_logits.normal_()
     B = 9
