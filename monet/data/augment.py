@@ -48,7 +48,7 @@ def augment_batch(x: torch.Tensor, generator: Optional[torch.Generator] = None, 
 
 
 class FacePrepare:
-    """``prepare(x, train, generator)``: uint8 -> float in [0, 1] -> (augment) -> normalise.
+    """``prepare(x, train, generator)``: uint8 -> normalised float -> (augment when training).
 
     Args:
         mean, std: per-channel normalisation (the backbone's; ImageNet by default).
@@ -64,12 +64,18 @@ class FacePrepare:
 
     def __call__(self, x: torch.Tensor, train: bool = False,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        # uint8 -> (x / 255 - mean) / std as one multiply and one subtract, in place; the affine
+        # per-channel map commutes with bilinear resampling (border padding), so augmenting after
+        # normalising gives the same result as before.
+        raw = x.dtype == torch.uint8
+        x = x.to(torch.float32) if raw else x.float().clone()
+        c = x.shape[1]
+        scale = torch.tensor([1.0 / ((255.0 if raw else 1.0) * s) for s in self.std], device=x.device)
+        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=x.device)
+        x.mul_(scale.view(1, c, 1, 1)).sub_(shift.view(1, c, 1, 1))
         if train and self.augment:
             x = augment_batch(x, generator, self.flip, self.rotate, self.zoom, self.shift)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return x
 
     def __repr__(self) -> str:
         return (f"FacePrepare(mean={self.mean}, std={self.std}, augment={self.augment}, "
