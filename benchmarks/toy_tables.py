@@ -84,10 +84,18 @@ def plan(a) -> list:
                 cfg = dict(base, family="monet", reading="bits", seed=seed,
                            warmup=a.warmup if warm else 0.0, k=100 if drop else 120)
                 tag = f"w{int(warm)}_d{int(drop)}"
-                jobs.append({"name": f"t1/{tag}/s{seed}", "config": cfg,
-                             "path": str(Path(a.out) / "table1" / f"{tag}_s{seed}.json")})
-    # Table 2's MONET bits runs double as the (warmup, dropout) cell of Table 1 when settings agree.
-    return jobs
+                path = Path(a.out) / "table1" / f"{tag}_s{seed}.json"
+                if warm and drop and seed < a.seeds and "bits" in a.readings:
+                    # the same run as Table 2's MONET (bits): share it
+                    path = Path(a.out) / "table2" / "bits" / f"monet_s{seed}.json"
+                jobs.append({"name": f"t1/{tag}/s{seed}", "config": cfg, "path": str(path)})
+    # one job per file (shared runs are planned once)
+    seen, uniq = set(), []
+    for j in jobs:
+        if j["path"] not in seen:
+            seen.add(j["path"])
+            uniq.append(j)
+    return uniq
 
 
 def _load(path):
@@ -105,6 +113,12 @@ def _ms(v):
 
 def report(a, jobs) -> dict:
     recs = {j["name"]: _load(j["path"]) for j in jobs}
+    for warm in (False, True):   # Table 1 names of runs shared with Table 2
+        for drop in (False, True):
+            for seed in range(a.ablation_seeds):
+                name = f"t1/w{int(warm)}_d{int(drop)}/s{seed}"
+                if name not in recs and warm and drop:
+                    recs[name] = recs.get(f"t2/bits/monet/s{seed}")
     summary = {}
     ident = list(range(5))
     for reading in a.readings:
