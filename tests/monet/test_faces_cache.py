@@ -1,5 +1,6 @@
 """The uint8 face cache: same pixels as the folders, resumable, checked when reopened."""
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -42,6 +43,8 @@ def test_cache_matches_folder_pixels_and_training_reads_it(root, tmp_path, capsy
         xb, yb, mb = b.batch(idx)
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ma, mb)
         assert torch.equal(a[1][0], xb[len(a) - 2])
+    clone = pickle.loads(pickle.dumps(cached.train))        # DataLoader workers reopen the memmap
+    assert clone.source._arr is None and torch.equal(clone.batch([2])[0], cached.train.batch([2])[0])
     with pytest.raises(ConfigError, match=r"image_size: 32 px but the cache .* holds 24 px"):
         load_dataset(cfg(root, cache=str(tmp_path / "c"), image_size=32))
 
@@ -81,6 +84,19 @@ def test_reopen_checks_size_and_count(root, tmp_path, capsys):
     assert "holds a different cache (bp4d, 16 px, 30 images)" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"not a face cache"):
         FaceCache.open(tmp_path)
+
+
+@pytest.mark.parametrize("ds", ["celeba", "affwild2", "disfa"])
+def test_cache_other_datasets(tmp_path, ds):
+    write_synthetic(ds, tmp_path / ds, subjects=3, frames=4, size=20,
+                    **({"layout": "raw"} if ds == "disfa" else {}))
+    c = build_cache(ds, tmp_path / ds, 16, tmp_path / "c", progress=False)
+    assert c.count == 12
+    b = load_dataset(TrainConfig(dataset=ds, data_root=str(tmp_path / ds), backbone="tiny_cnn",
+                                 cache=str(tmp_path / "c"), val_subjects=0.5))
+    f = load_dataset(TrainConfig(dataset=ds, data_root=str(tmp_path / ds), backbone="tiny_cnn",
+                                 image_size=16, val_subjects=0.5))
+    assert torch.equal(b.test.batch([0, 1])[0], f.test.batch([0, 1])[0])
 
 
 def test_key_missing_from_cache_names_the_label_line(root, tmp_path):
