@@ -113,6 +113,21 @@ class BudgetHonestOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore the searcher; trials a killed driver left RUNNING in a persistent study
+        (asked after the last saved state) are closed as FAIL."""
+        super().restore(checkpoint_path)
+        self._budget = getattr(self, "_budget", {})
+        self._steps = getattr(self, "_steps", {})
+        known = {t.number for t in self._ot_trials.values()}
+        for ft in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if ft.number not in known:
+                try:
+                    self._ot_study.tell(ft.number, state=TrialState.FAIL)
+                except Exception as exc:
+                    logger.warning("could not close orphaned Optuna trial %s: %s", ft.number, exc)
+
+
 def make_storage(url: Optional[str]):
     """An Optuna storage object from ``--optuna-storage``.
 

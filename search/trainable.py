@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,11 +29,12 @@ from ray import tune
 from ray.tune.utils import flatten_dict
 
 from monet.errors import NonFiniteLossError
-from monet.train import _batch_indices, fit
+from monet.train import CHECKPOINT_FILE, _batch_indices, fit, load_checkpoint
 from search.spaces import TRIAL_NUMBER_KEY, trial_to_train_config
 
 NONFINITE_MARK = "nonfinite.txt"     # left in the trial folder: a retry fails at once
 ATTEMPTS_LOG = "attempts.jsonl"      # one line per start of the trial (fresh, retry, resume)
+POINTER_FILE = "pointer.json"        # what Ray's checkpoint holds for a local experiment
 
 
 class InjectedFault(RuntimeError):
@@ -78,9 +80,13 @@ def _clean(metrics: dict) -> dict:
     return out
 
 
+def trial_dirname_of(trial_id: str) -> str:
+    return f"trial_{trial_id}"
+
+
 def trial_dirname(trial) -> str:
     """Short trial folder names (Ray's default spells out every parameter)."""
-    return f"trial_{trial.trial_id}"
+    return trial_dirname_of(trial.trial_id)
 
 
 def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
@@ -94,10 +100,13 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
     base = dict(base or {})
     threads = int(base.pop("_threads", 1))
     fault = base.pop("_fault", None)
+    exp_dir = base.pop("_exp_dir", None)
     torch.set_num_threads(max(1, threads))
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    trial_dir = Path(ctx.get_trial_dir())
+    # A local experiment folder (shared by all nodes, as Ray requires): write straight into the
+    # trial's folder there, so files survive --resume. Otherwise Ray syncs the staging folder.
+    trial_dir = Path(exp_dir) / trial_dirname_of(trial_id) if exp_dir else Path(ctx.get_trial_dir())
     params = flatten_dict(dict(config), delimiter="/")
     number = int(params.get(TRIAL_NUMBER_KEY, 0))
     faulty = fault is not None and number % fault["every"] == 0
@@ -110,8 +119,11 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
     total = max(1, int(round(float(cfg.epochs) * spe)))
     node_id = ray.get_runtime_context().get_node_id()
 
-    checkpoint = tune.get_checkpoint()
-    restored = checkpoint is not None
+    # Where to continue from: the trial's own latest checkpoint (local experiment folder), else
+    # the checkpoint Ray restored (remote storage). Ray's own record may be older than ours.
+    own = trial_dir / "checkpoint" / CHECKPOINT_FILE
+    ray_ckpt = tune.get_checkpoint()
+    restored = own.is_file() or ray_ckpt is not None
     attempt = {"time": time.time(), "restored": restored, "node_id": node_id}
     trial_dir.mkdir(parents=True, exist_ok=True)
     with open(trial_dir / ATTEMPTS_LOG, "a") as f:
@@ -126,7 +138,14 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
         m["budget"] = min(1.0, int(metrics["step"]) / total)
         m["restored_round"] = state["restored_round"]
         m["node_id"] = node_id
-        if checkpoint_dir:
+        if checkpoint_dir and exp_dir:
+            # Local folder: Ray records a small pointer (so Ray can keep every one and never
+            # points at a deleted checkpoint after a crash); the state stays in checkpoint/.
+            with tempfile.TemporaryDirectory(prefix="monet-pointer-") as td:
+                (Path(td) / POINTER_FILE).write_text(json.dumps(
+                    {"file": str(own), "round": int(metrics["round"])}))
+                tune.report(m, checkpoint=tune.Checkpoint.from_directory(td))
+        elif checkpoint_dir:
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         else:
             tune.report(m)
@@ -136,9 +155,11 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
                                 f"(--inject-fault) in trial {trial_id}")
 
     try:
-        if restored:
-            with checkpoint.as_directory() as d:
-                from monet.train import load_checkpoint
+        if own.is_file():
+            state["restored_round"] = int(load_checkpoint(own)["round"])
+            fit(cfg, data, report=report, run_dir=str(trial_dir), resume_from=str(own))
+        elif ray_ckpt is not None:
+            with ray_ckpt.as_directory() as d:
                 state["restored_round"] = int(load_checkpoint(d)["round"])
                 fit(cfg, data, report=report, run_dir=str(trial_dir), resume_from=d)
         else:

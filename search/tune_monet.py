@@ -331,6 +331,8 @@ def _run(a) -> int:
         base["_threads"] = max(1, int(s["cpus_per_trial"]))
         if fault:
             base["_fault"] = fault
+        if exp is not None:
+            base["_exp_dir"] = str(exp)
         if exp is not None and not a.resume:
             atomic_write_yaml(exp / "config.yaml", {
                 "search": s, "base": {k: v for k, v in base.items() if not k.startswith("_")},
@@ -391,7 +393,9 @@ def _tune(s, base, data, space, storage, exp, resume: bool, verbose: int) -> int
                 name=s["name"], storage_path=s["storage_path"], callbacks=callbacks,
                 progress_reporter=reporter, verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                # local folders: Ray's checkpoints are small pointers, keep them all
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=None if exp is not None else 2)))
     grid = tuner.fit()
     return summarize(s, grid, exp, storage)
 
