@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -82,18 +81,6 @@ def _iter_split(split, batch_size: int, num_workers: int = 0):
         return
     for a in range(0, n, batch_size):
         yield _fetch(split, torch.arange(a, min(a + batch_size, n)))
-
-
-class _Prefetch:
-    """Batches of one epoch through a DataLoader (image folders with workers)."""
-
-    def __init__(self, split, perm, bounds, num_workers):
-        batches = [perm[a:b].tolist() for a, b in bounds]
-        self.loader = torch.utils.data.DataLoader(split, batch_sampler=batches,
-                                                  num_workers=num_workers)
-
-    def __iter__(self):
-        return iter(self.loader)
 
 
 # ---------------------------------------------------------------------------------- pieces

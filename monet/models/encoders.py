@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional
 
-import torch
 from torch import nn
 
 from monet.errors import ConfigError
