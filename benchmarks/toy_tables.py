@@ -70,14 +70,16 @@ def run_one(job: dict) -> dict:
 
 
 def plan(a) -> list:
-    jobs = []
+    """Jobs in the order they run: Table 2 of the first reading, Table 1 (bits), other readings."""
     base = base_config(a)
-    for reading in a.readings:
-        for fam in FAMILIES:
-            for seed in range(a.seeds):
-                cfg = dict(base, family=fam, reading=reading, seed=seed)
-                jobs.append({"name": f"t2/{reading}/{fam}/s{seed}", "config": cfg,
-                             "path": str(Path(a.out) / "table2" / reading / f"{fam}_s{seed}.json")})
+
+    def table2(reading):
+        return [{"name": f"t2/{reading}/{fam}/s{seed}",
+                 "config": dict(base, family=fam, reading=reading, seed=seed),
+                 "path": str(Path(a.out) / "table2" / reading / f"{fam}_s{seed}.json")}
+                for fam in FAMILIES for seed in range(a.seeds)]
+
+    table1 = []
     for warm in (False, True):
         for drop in (False, True):
             for seed in range(a.ablation_seeds):
@@ -88,9 +90,11 @@ def plan(a) -> list:
                 if warm and drop and seed < a.seeds and "bits" in a.readings:
                     # the same run as Table 2's MONET (bits): share it
                     path = Path(a.out) / "table2" / "bits" / f"monet_s{seed}.json"
-                jobs.append({"name": f"t1/{tag}/s{seed}", "config": cfg, "path": str(path)})
-    # one job per file (shared runs are planned once)
-    seen, uniq = set(), []
+                table1.append({"name": f"t1/{tag}/s{seed}", "config": cfg, "path": str(path)})
+    jobs = table2(a.readings[0]) + table1
+    for reading in a.readings[1:]:
+        jobs += table2(reading)
+    seen, uniq = set(), []   # one job per file (shared runs are planned once)
     for j in jobs:
         if j["path"] not in seen:
             seen.add(j["path"])
