@@ -39,10 +39,11 @@ BASELINES = ["vmnc", "vmns", "mrnn"]
 
 
 def base_config(a) -> dict:
-    return dict(dataset="toy", T=5, epochs=a.epochs, batch_size=64, lr=5e-4, lr_decay=0.99,
+    return dict(dataset="toy", T=5, epochs=a.epochs, batch_size=64, lr_decay=0.99,
                 optimizer="adam", order_lr=5e-3, L=20, M=120, k=100, warmup=a.warmup,
                 hidden=64, enc_layers=4, enc_width=64, head_width=64,
-                feedback=a.feedback, feedback_embed=a.feedback_embed, eval_every=a.eval_every, tensorboard=False,
+                feedback=a.feedback, feedback_embed=a.feedback_embed, warmup_loss=a.warmup_loss,
+                lr=a.lr, eval_every=a.eval_every, tensorboard=False,
                 test_at_end=True)
 
 
@@ -180,6 +181,9 @@ def main(argv=None):
     p.add_argument("--feedback", choices=["prev", "all"], default="prev",
                    help="label feedback of the sequential families (prev: eq. 15)")
     p.add_argument("--feedback-embed", type=int, default=0)
+    p.add_argument("--warmup-loss", choices=["mixture", "mean"], default="mixture",
+                   help="MONET's loss during warmup (mixture: eq. 18 with pi frozen)")
+    p.add_argument("--lr", type=float, default=5e-4, help="base learning rate (paper: 5e-4)")
     p.add_argument("--eval-every", type=float, default=50.0,
                    help="evaluation round length in epochs (validation is only logged here)")
     p.add_argument("--workers", type=int, default=2)

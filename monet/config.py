@@ -51,6 +51,8 @@ class TrainConfig:
     k: int = 100                    # monet: orders kept per example (order dropout), 1..M
     warmup: float = 5.0             # monet: epochs with frozen order logits (fractions allowed)
     order_lr: float = 5e-3          # monet: Adam lr of the order logits
+    warmup_loss: str = "mixture"    # monet, during warmup: 'mixture' (eq. 18 with pi frozen) or
+                                    # 'mean' (every kept order trained with equal weight)
     L: int = 20                     # mrnn/monet: inference trajectories
     order: Optional[list] = None    # oracle / mrnn: the task order (0-based); None: seeded random
     # ---- optimisation -----------------------------------------------------------------------
@@ -132,6 +134,8 @@ class TrainConfig:
             bad("dice_lambda", ">= 0")
         if self.optimizer not in ("adam", "adamw"):
             bad("optimizer", "'adam' or 'adamw'")
+        if self.warmup_loss not in ("mixture", "mean"):
+            bad("warmup_loss", "'mixture' or 'mean'")
         if self.loss not in ("bce", "wasl"):
             bad("loss", "'bce' or 'wasl'")
         if not isinstance(self.temperatures, dict) or any(

@@ -106,10 +106,14 @@ def init_output_bias(model, data: DataBundle) -> None:
         model.init_binary_bias(prior_log_odds(y[:, b], m[:, b]))
 
 
-def compute_loss(model, out, y, mask, spec, weights, config) -> tuple:
-    """Total loss and its parts for one batch."""
+def compute_loss(model, out, y, mask, spec, weights, config, warming: bool = False) -> tuple:
+    """Total loss and its parts for one batch. ``warming``: inside MONET's warmup, where
+    ``config.warmup_loss == 'mean'`` trains every kept order with equal weight."""
     nll = task_nll(out.logits, y, mask, spec, weights, kind_binary=config.loss)   # [B, K]
-    loss_nll = mixture_nll(nll, out.log_w).mean()
+    if warming and config.warmup_loss == "mean":
+        loss_nll = nll.mean()
+    else:
+        loss_nll = mixture_nll(nll, out.log_w).mean()
     parts = {"nll": loss_nll}
     loss = loss_nll
     if config.dice_lambda > 0:
@@ -283,7 +287,8 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
                 if data.prepare is not None:
                     x = data.prepare(x, True, gen)
                 out = model(x, y, generator=gen) if hasattr(model, "order_logits") else model(x, y)
-                loss, parts = compute_loss(model, out, y, m, spec, weights, c)
+                loss, parts = compute_loss(model, out, y, m, spec, weights, c,
+                                           warming=step < warm_steps)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, step {step} "

@@ -113,3 +113,25 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, msg):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], r.stderr
+
+
+def test_warmup_loss_mean_trains_every_kept_order_equally():
+    from monet.losses import task_nll
+    from monet.models.base import ModelOutput
+    from monet.tasks import TaskSpec
+    from monet.train import compute_loss
+
+    spec = TaskSpec.binary("ab")
+    logits = torch.tensor([[[2.0, -1.0], [0.0, 0.0], [-3.0, 1.0]]])      # B=1, K=3, T=2
+    log_w = torch.log_softmax(torch.tensor([[0.5, 0.0, -0.5]]), dim=1)
+    y, m = torch.tensor([[1.0, 0.0]]), torch.ones(1, 2)
+    nll = task_nll(logits, y, m, spec)[0]
+    c = TrainConfig(warmup_loss="mean")
+    loss, _ = compute_loss(None, ModelOutput(logits, log_w), y, m, spec, torch.ones(2), c,
+                           warming=True)
+    assert float(loss) == pytest.approx(float(nll.mean()))
+    loss, _ = compute_loss(None, ModelOutput(logits, log_w), y, m, spec, torch.ones(2), c,
+                           warming=False)                                 # eq. 18 after warmup
+    assert float(loss) == pytest.approx(float(-torch.logsumexp(log_w[0] - nll, 0)))
+    with pytest.raises(ConfigError, match="warmup_loss"):
+        TrainConfig.from_dict({"warmup_loss": "nope"})
