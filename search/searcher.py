@@ -78,7 +78,10 @@ class BudgetHonestOptunaSearch(OptunaSearch):
         step = int(result.get(STEP_KEY) or result.get("training_iteration") or 0)
         done = self._steps.setdefault(trial_id, set())
         if step not in done:  # a trial resumed from a checkpoint may repeat a round
-            self._ot_trials[trial_id].report(float(v), step)
+            try:
+                self._ot_trials[trial_id].report(float(v), step)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # closed in the study before a crash; see on_trial_complete
             done.add(step)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None,
@@ -102,12 +105,16 @@ class BudgetHonestOptunaSearch(OptunaSearch):
             state, value, reason = TrialState.COMPLETE, float(value), "full budget"
         else:
             state, value, reason = TrialState.PRUNED, None, "stopped early"
-        ot_trial.set_user_attr("ray_trial_id", trial_id)
-        ot_trial.set_user_attr("reason", reason)
-        if _finite(result.get("epoch")):
-            ot_trial.set_user_attr("epochs", float(result["epoch"]))
         try:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            ot_trial.set_user_attr("reason", reason)
+            if _finite(result.get("epoch")):
+                ot_trial.set_user_attr("epochs", float(result["epoch"]))
             self._ot_study.tell(ot_trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Told already (a resumed experiment replays a trial the study closed before the
+            # crash): the study's record stands.
+            logger.info("trial %s is already finished in the Optuna study", trial_id)
         except Exception as exc:  # e.g. the study was finished elsewhere
             logger.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
