@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import torch
 
 from monet.config import TrainConfig
-from monet.data.base import DataBundle, TensorSplit
+from monet.data.base import DataBundle
 from monet.errors import MonetError, NonFiniteLossError
 from monet.io import atomic_torch_save, atomic_write_yaml
 from monet.losses import (dice_loss, inverse_frequency_weights, mixture_nll, prior_log_odds,
@@ -65,7 +65,7 @@ def _batch_indices(n: int, batch_size: int, max_steps: Optional[int]) -> list:
 
 def _fetch(split, idx: torch.Tensor, num_workers: int = 0):
     """Rows ``idx`` of a split as ``(x, y, mask)`` tensors."""
-    if isinstance(split, TensorSplit) or hasattr(split, "batch"):
+    if hasattr(split, "batch"):  # TensorSplit, the face cache: batched fetch
         return split.batch(idx)
     items = [split[int(i)] for i in idx]
     return tuple(torch.stack(v) for v in zip(*items))
