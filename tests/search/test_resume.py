@@ -1,7 +1,6 @@
 """--resume: SIGKILL the driver mid-search, resume, and check no finished trial ran again."""
 import json
 
-import pytest
 import os
 import signal
 import subprocess
@@ -44,6 +43,23 @@ def _finished(csv):
     return set(df[df["state"] == "TERMINATED"]["trial_id"])
 
 
+def _mid_run(exp, done, lo=3, hi=30):
+    """Trials (not in ``done``) that have a checkpoint and between lo and hi evaluation rounds of
+    the 60 behind them: killed now, they must continue from that checkpoint on resume."""
+    out = set()
+    for d in exp.glob("trial_*"):
+        tid = d.name[len("trial_"):]
+        if tid in done or not (d / "checkpoint" / "checkpoint.pt").is_file():
+            continue
+        try:
+            rounds = len((d / "metrics.jsonl").read_text().splitlines())
+        except OSError:
+            continue
+        if lo <= rounds <= hi:
+            out.add(tid)
+    return out
+
+
 def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
     name, db = "resumable", f"sqlite:///{tmp_path / 'study.db'}"
     space = tmp_path / "space.yaml"
@@ -60,7 +76,11 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
     exp = tmp_path / name
     try:
         deadline = time.monotonic() + 400
-        while len(_finished(exp / "trials.csv")) < 2:
+        # Kill when two trials have finished and another is mid-run with a checkpoint, so
+        # that both halves of resume are exercised: no rerun of finished trials, and a
+        # running trial continuing from its checkpoint.
+        while (len(_finished(exp / "trials.csv")) < 2
+               or not _mid_run(exp, _finished(exp / "trials.csv"))):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no trial finished"
             time.sleep(0.2)
@@ -72,6 +92,7 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
         _kill_session(proc.pid)
         log.close()
     assert len(done_before) < 5
+    mid_before = _mid_run(exp, done_before, lo=1, hi=60)
 
     res = run_cli(["--resume", "--storage-path", str(tmp_path), "--name", name,
                    "--verbose", "0"], env=ENV, timeout=400)
@@ -94,9 +115,7 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
             # rounds continue where the checkpoint left off, none repeated after it
             rounds = [x["round"] for x in results]
             assert rounds[-1] == max(rounds)
-    if resumed == 0:  # timing: the kill landed when no running trial had a checkpoint yet
-        pytest.skip("no trial was mid-run with a checkpoint at the SIGKILL; "
-                    "resume-from-checkpoint not exercised in this run")
+    assert resumed >= 1, f"no trial continued from its checkpoint (mid-run at the kill: {mid_before})"
     study = optuna.load_study(study_name=name, storage=db)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 5
