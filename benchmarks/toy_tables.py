@@ -40,7 +40,7 @@ BASELINES = ["vmnc", "vmns", "mrnn"]
 
 def base_config(a) -> dict:
     return dict(dataset="toy", T=5, epochs=a.epochs, batch_size=64, lr_decay=0.99,
-                optimizer="adam", order_lr=5e-3, L=20, M=120, k=100, warmup=a.warmup,
+                optimizer="adam", order_lr=a.order_lr, L=20, M=120, k=a.k, warmup=a.warmup,
                 hidden=64, enc_layers=4, enc_width=64, head_width=64,
                 feedback=a.feedback, feedback_embed=a.feedback_embed, warmup_loss=a.warmup_loss,
                 lr=a.lr, eval_every=a.eval_every, tensorboard=False,
@@ -62,12 +62,28 @@ def run_one(job: dict) -> dict:
     res = fit(c, load_dataset(c))
     rec = {"job": job["name"], "config": c.to_dict(), "test": res["test"], "order": res["order"],
            "dist_to_identity": res["metrics"].get("order/dist_to_identity"),
-           "val_mean_acc": res["metrics"].get("val/mean_acc"), "seconds": time.time() - t0}
+           "val_mean_acc": res["metrics"].get("val/mean_acc"),
+           "train_loss": res["metrics"].get("train/loss"), "seconds": time.time() - t0}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(rec, indent=1))
     os.replace(tmp, out)
     return rec
+
+
+def run_jobs(todo: list, workers: int) -> None:
+    """Run the jobs in a pool of single-threaded processes, printing one line per finished run;
+    a failed run is reported and the others go on."""
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        futs = {ex.submit(run_one, j): j for j in todo}
+        for f in as_completed(futs):
+            j = futs[f]
+            try:
+                r = f.result()
+                print(f"done {j['name']}: test mean acc {100 * r['test']['mean_acc']:.1f}, "
+                      f"order {r['order']}, {r['seconds']:.0f}s", flush=True)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                print(f"FAILED {j['name']}: {e}", flush=True)
 
 
 def plan(a) -> list:
@@ -85,7 +101,7 @@ def plan(a) -> list:
         for drop in (False, True):
             for seed in range(a.ablation_seeds):
                 cfg = dict(base, family="monet", reading="bits", seed=seed,
-                           warmup=a.warmup if warm else 0.0, k=100 if drop else 120)
+                           warmup=a.warmup if warm else 0.0, k=a.k if drop else 120)
                 tag = f"w{int(warm)}_d{int(drop)}"
                 path = Path(a.out) / "table1" / f"{tag}_s{seed}.json"
                 if warm and drop and seed < a.seeds and "bits" in a.readings:
@@ -103,9 +119,21 @@ def plan(a) -> list:
     return uniq
 
 
-def _load(path):
+def _load(path, config=None):
+    """The saved run, or None when there is none (or, given ``config``, when it was made with
+    another configuration: a stale result is never reported under new settings)."""
     p = Path(path)
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    if config is not None:
+        from monet.config import TrainConfig
+        want = TrainConfig.from_dict(config).to_dict()
+        known = set(want)   # fields added since the run was saved take their default value
+        have = TrainConfig.from_dict({k: v for k, v in rec["config"].items() if k in known}).to_dict()
+        if have != want:
+            return None
+    return rec
 
 
 def _ms(v):
@@ -117,7 +145,7 @@ def _ms(v):
 
 
 def report(a, jobs) -> dict:
-    recs = {j["name"]: _load(j["path"]) for j in jobs}
+    recs = {j["name"]: _load(j["path"], j["config"]) for j in jobs}
     for warm in (False, True):   # Table 1 names of runs shared with Table 2
         for drop in (False, True):
             for seed in range(a.ablation_seeds):
@@ -147,6 +175,9 @@ def report(a, jobs) -> dict:
             summary[f"{reading}/{fam}/mean"] = means[fam]
             if fam == "monet":
                 summary[f"{reading}/monet/identity_found"] = found
+        mon = [(s, recs[f"t2/{reading}/monet/s{s}"]) for s in range(a.seeds)]
+        print("MONET's most likely order per seed (0-based; ||Omega - I||^2): " + ", ".join(
+            f"s{s} {r['order']} ({r['dist_to_identity']:.2f})" for s, r in mon if r))
         best_base = max(means[b] for b in BASELINES)
         gap = means["oracle"] - best_base
         closed = (means["monet"] - best_base) / gap if gap > 0 else float("nan")
@@ -154,7 +185,7 @@ def report(a, jobs) -> dict:
         print(f"MONET above every baseline: {means['monet'] > best_base}; "
               f"gap (best baseline -> oracle) closed: {100 * closed:.0f}% (paper: 72%)")
     print(f"\nTable 1 (toy T=5, reading 'bits', M=120, MONET mean accuracy %, identity found; "
-          f"warmup n={a.warmup}, dropout k=100 vs k=M=120)")
+          f"warmup n={a.warmup}, dropout k={a.k} vs k=M=120)")
     print(f"{'warmup':>7s}{'dropout':>8s}{'mean acc':>14s}{'I found':>9s}   paper")
     for warm in (False, True):
         for drop in (False, True):
@@ -165,7 +196,8 @@ def report(a, jobs) -> dict:
             found = f"{sum(r['order'] == ident for r in rs)}/{len(rs)}"
             pm, pf = PAPER_T1[(warm, drop)]
             print(f"{'yes' if warm else 'no':>7s}{'yes' if drop else 'no':>8s}{_ms(mean):>14s}"
-                  f"{found:>9s}   {pm} {pf}")
+                  f"{found:>9s}   {pm} {pf}   orders: "
+                  + " ".join(str(r["order"]).replace(" ", "") for r in rs))
             summary[f"table1/{tag}"] = {"mean": statistics.mean(mean) if mean else None,
                                         "found": found}
     return summary
@@ -184,6 +216,10 @@ def main(argv=None):
     p.add_argument("--warmup-loss", choices=["mixture", "mean"], default="mixture",
                    help="MONET's loss during warmup (mixture: eq. 18 with pi frozen)")
     p.add_argument("--lr", type=float, default=5e-4, help="base learning rate (paper: 5e-4)")
+    p.add_argument("--order-lr", type=float, default=5e-3, help="Adam lr of the order logits "
+                   "(paper: 5e-3)")
+    p.add_argument("--k", type=int, default=100, help="MONET order dropout: orders kept per "
+                   "example, of M = 120 (paper: k = 100; Table 1's no-dropout rows use k = M)")
     p.add_argument("--eval-every", type=float, default=50.0,
                    help="evaluation round length in epochs (validation is only logged here)")
     p.add_argument("--workers", type=int, default=2)
@@ -192,20 +228,12 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     jobs = plan(a)
-    todo = [j for j in jobs if not Path(j["path"]).is_file() and (not a.only or a.only in j["name"])]
+    todo = [j for j in jobs if _load(j["path"], j["config"]) is None
+            and (not a.only or a.only in j["name"])]
     if not a.report_only and todo:
-        done = sum(Path(j["path"]).is_file() for j in jobs)
+        done = len(jobs) - len([j for j in jobs if _load(j["path"], j["config"]) is None])
         print(f"{len(todo)} runs to do ({done} saved already), {a.workers} workers", flush=True)
-        with ProcessPoolExecutor(max_workers=a.workers) as ex:
-            futs = {ex.submit(run_one, j): j for j in todo}
-            for f in as_completed(futs):
-                j = futs[f]
-                try:
-                    r = f.result()
-                    print(f"done {j['name']}: test mean acc {100 * r['test']['mean_acc']:.1f}, "
-                          f"order {r['order']}, {r['seconds']:.0f}s", flush=True)
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    print(f"FAILED {j['name']}: {e}", flush=True)
+        run_jobs(todo, a.workers)
     summary = report(a, jobs)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "summary.json").write_text(json.dumps(summary, indent=1))
