@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -61,8 +62,9 @@ def report(a, jobs) -> dict:
     summary = {}
     for reading in a.readings:
         print(f"\nOracle with an imposed order, toy T=5, reading '{reading}' "
-              f"(test mean accuracy %, final train loss; {a.seeds} seeds)")
-        print(f"{'order':>13s}{'dist':>6s}{'test acc':>16s}{'task 5':>9s}{'train loss':>12s}")
+              f"(test mean accuracy %, final train loss; up to {a.seeds} seeds per order)")
+        print(f"{'order':>13s}{'dist':>6s}{'test acc':>16s}{'task 5':>9s}{'train loss':>12s}"
+              f"{'runs':>6s}")
         by_dist = {}
         for order in ORDERS:
             tag = "".join(map(str, order))
@@ -78,7 +80,7 @@ def report(a, jobs) -> dict:
             sd = f"+-{statistics.stdev(acc):4.1f}" if len(acc) > 1 else "      "
             print(f"{str(order).replace(' ', ''):>13s}{dist(order):>6d}"
                   f"{statistics.mean(acc):10.1f}{sd}{statistics.mean(t5):9.1f}"
-                  f"{statistics.mean(loss) if loss else float('nan'):12.3f}")
+                  f"{statistics.mean(loss) if loss else float('nan'):12.3f}{len(acc):6d}")
             summary[f"{reading}/{tag}"] = {"acc": statistics.mean(acc), "runs": len(acc),
                                            "train_loss": statistics.mean(loss) if loss else None}
         print("by distance: " + ", ".join(f"{d}: {statistics.mean(v):.1f}"
@@ -105,7 +107,9 @@ def main(argv=None) -> int:
         run_jobs(todo, a.workers)
     summary = report(a, jobs)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    tmp = Path(a.out) / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    os.replace(tmp, Path(a.out) / "summary.json")
     return 0
 
 

@@ -236,7 +236,9 @@ def main(argv=None):
         run_jobs(todo, a.workers)
     summary = report(a, jobs)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    tmp = Path(a.out) / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, Path(a.out) / "summary.json")
     return 0
 
 
