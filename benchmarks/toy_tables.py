@@ -144,6 +144,36 @@ def _ms(v):
     return f"{statistics.mean(v):5.1f}+-{statistics.stdev(v):4.1f}"
 
 
+def table2(reading: str, by_fam: dict) -> dict:
+    """Print Table 2 for one reading from ``{family: [run record or None per seed]}`` and the
+    targets (MONET above every baseline, share of the baseline -> oracle gap closed)."""
+    summary, means, ident = {}, {}, list(range(5))
+    print(f"{'':8s}" + "".join(f"{'task' + str(t):>18s}" for t in range(1, 6)) + f"{'mean':>18s}"
+          + f"{'runs':>6s}{'I found':>9s}")
+    for fam in FAMILIES:
+        rs = [r for r in by_fam.get(fam, []) if r]
+        cols = [[100 * r["test"][f"acc/task{t}"] for r in rs] for t in range(1, 6)]
+        mean = [100 * r["test"]["mean_acc"] for r in rs]
+        means[fam] = statistics.mean(mean) if mean else float("nan")
+        found = (f"{sum(r['order'] == ident for r in rs)}/{len(rs)}"
+                 if fam == "monet" and rs else "")
+        cells = [f"{_ms(v)} [{pp:4.1f}]" for v, pp in zip(cols + [mean], PAPER_T2[fam])]
+        print(f"{fam:8s}" + "".join(f"{c:>18s}" for c in cells) + f"{len(rs):>6d}{found:>9s}")
+        summary[f"{reading}/{fam}/mean"] = means[fam]
+        if fam == "monet":
+            summary[f"{reading}/monet/identity_found"] = found
+    print("MONET's most likely order per seed (0-based; ||Omega - I||^2): " + ", ".join(
+        f"s{s} {r['order']} ({r['dist_to_identity']:.2f})"
+        for s, r in enumerate(by_fam.get("monet", [])) if r))
+    best_base = max(means[b] for b in BASELINES)
+    gap = means["oracle"] - best_base
+    closed = (means["monet"] - best_base) / gap if gap > 0 else float("nan")
+    summary[f"{reading}/gap_closed"] = closed
+    print(f"MONET above every baseline: {means['monet'] > best_base}; "
+          f"gap (best baseline -> oracle) closed: {100 * closed:.0f}% (paper: 72%)")
+    return summary
+
+
 def report(a, jobs) -> dict:
     recs = {j["name"]: _load(j["path"], j["config"]) for j in jobs}
     for warm in (False, True):   # Table 1 names of runs shared with Table 2
@@ -155,35 +185,11 @@ def report(a, jobs) -> dict:
     summary = {}
     ident = list(range(5))
     for reading in a.readings:
+        by_fam = {fam: [recs[f"t2/{reading}/{fam}/s{s}"] for s in range(a.seeds)]
+                  for fam in FAMILIES}
         print(f"\nTable 2 (toy T=5, reading '{reading}', test accuracy %, mean+-std over seeds; "
               f"paper in brackets)")
-        print(f"{'':8s}" + "".join(f"{'task' + str(t):>18s}" for t in range(1, 6)) + f"{'mean':>18s}"
-              + f"{'runs':>6s}{'I found':>9s}")
-        means = {}
-        for fam in FAMILIES:
-            rs = [recs[f"t2/{reading}/{fam}/s{s}"] for s in range(a.seeds)]
-            rs = [r for r in rs if r]
-            cols = []
-            for t in range(1, 6):
-                cols.append([100 * r["test"][f"acc/task{t}"] for r in rs])
-            mean = [100 * r["test"]["mean_acc"] for r in rs]
-            means[fam] = statistics.mean(mean) if mean else float("nan")
-            found = (f"{sum(r['order'] == ident for r in rs)}/{len(rs)}"
-                     if fam == "monet" and rs else "")
-            cells = [f"{_ms(v)} [{pp:4.1f}]" for v, pp in zip(cols + [mean], PAPER_T2[fam])]
-            print(f"{fam:8s}" + "".join(f"{c:>18s}" for c in cells) + f"{len(rs):>6d}{found:>9s}")
-            summary[f"{reading}/{fam}/mean"] = means[fam]
-            if fam == "monet":
-                summary[f"{reading}/monet/identity_found"] = found
-        mon = [(s, recs[f"t2/{reading}/monet/s{s}"]) for s in range(a.seeds)]
-        print("MONET's most likely order per seed (0-based; ||Omega - I||^2): " + ", ".join(
-            f"s{s} {r['order']} ({r['dist_to_identity']:.2f})" for s, r in mon if r))
-        best_base = max(means[b] for b in BASELINES)
-        gap = means["oracle"] - best_base
-        closed = (means["monet"] - best_base) / gap if gap > 0 else float("nan")
-        summary[f"{reading}/gap_closed"] = closed
-        print(f"MONET above every baseline: {means['monet'] > best_base}; "
-              f"gap (best baseline -> oracle) closed: {100 * closed:.0f}% (paper: 72%)")
+        summary.update(table2(reading, by_fam))
     print(f"\nTable 1 (toy T=5, reading 'bits', M=120, MONET mean accuracy %, identity found; "
           f"warmup n={a.warmup}, dropout k={a.k} vs k=M=120)")
     print(f"{'warmup':>7s}{'dropout':>8s}{'mean acc':>14s}{'I found':>9s}   paper")
