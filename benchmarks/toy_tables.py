@@ -7,6 +7,8 @@ under ``--out`` and is skipped when that file exists, so an interrupted benchmar
     python benchmarks/toy_tables.py                       # full: 5 seeds x 2 readings + ablation
     python benchmarks/toy_tables.py --workers 2 --seeds 5 --ablation-seeds 3
     python benchmarks/toy_tables.py --report-only         # print the tables from saved runs
+    python benchmarks/toy_tables.py --lr 2e-3 --out benchmarks/results/toy_tables_lr2e-3
+    python benchmarks/toy_select.py benchmarks/results/toy_tables benchmarks/results/toy_tables_lr2e-3
 
 Paper settings (§4.2): 500 epochs, batch 64, Adam lr 5e-4 with decay 0.99, order lr 5e-3,
 L = 20, M = 120, k = 100; the warmup n was tuned on validation in the paper (``--warmup``).
