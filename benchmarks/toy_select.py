@@ -19,17 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from toy_tables import FAMILIES, table2  # noqa: E402
+from toy_tables import FAMILIES, _load, table2  # noqa: E402
 
 
 def _runs(folder: Path, reading: str, fam: str, seeds: int):
-    recs = []
-    for s in range(seeds):
-        p = folder / "table2" / reading / f"{fam}_s{s}.json"
-        if not p.is_file():
-            return None   # an incomplete setting is not a candidate
-        recs.append(json.loads(p.read_text()))
-    return recs
+    """The runs of one family for seeds 0..seeds-1, or None when any is missing (an incomplete
+    setting is not a candidate)."""
+    recs = [_load(folder / "table2" / reading / f"{fam}_s{s}.json") for s in range(seeds)]
+    return None if None in recs else recs
 
 
 def _label(rec: dict) -> str:
@@ -37,7 +34,9 @@ def _label(rec: dict) -> str:
     lab = f"lr {c['lr']:g}"
     if c["family"] == "monet":
         lab += f", warmup {c['warmup']:g} ({c['warmup_loss']}), k {c['k']}"
-    return lab + f", feedback {c['feedback']}" if c["family"] in ("mrnn", "monet", "oracle") else lab
+    if c["family"] in ("mrnn", "monet", "oracle"):
+        lab += f", feedback {c['feedback']}"
+    return lab
 
 
 def main(argv=None) -> int:

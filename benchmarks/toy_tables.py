@@ -236,10 +236,10 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     jobs = plan(a)
-    todo = [j for j in jobs if _load(j["path"], j["config"]) is None
-            and (not a.only or a.only in j["name"])]
+    missing = [j for j in jobs if _load(j["path"], j["config"]) is None]
+    todo = [j for j in missing if not a.only or a.only in j["name"]]
     if not a.report_only and todo:
-        done = len(jobs) - len([j for j in jobs if _load(j["path"], j["config"]) is None])
+        done = len(jobs) - len(missing)
         print(f"{len(todo)} runs to do ({done} saved already), {a.workers} workers", flush=True)
         run_jobs(todo, a.workers)
     summary = report(a, jobs)

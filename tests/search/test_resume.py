@@ -79,8 +79,10 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
         # Kill when two trials have finished and another is mid-run with a checkpoint, so
         # that both halves of resume are exercised: no rerun of finished trials, and a
         # running trial continuing from its checkpoint.
-        while (len(_finished(exp / "trials.csv")) < 2
-               or not _mid_run(exp, _finished(exp / "trials.csv"))):
+        while True:
+            finished = _finished(exp / "trials.csv")
+            if len(finished) >= 2 and _mid_run(exp, finished):
+                break
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no trial finished"
             time.sleep(0.2)
