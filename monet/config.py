@@ -38,7 +38,8 @@ class TrainConfig:
     num_workers: int = 0            # DataLoader workers for image folders
     # ---- model ------------------------------------------------------------------------------
     family: str = "monet"           # vmnc | vmns | mrnn | monet | oracle
-    backbone: str = "mlp"           # 'mlp' for tabular input, 'tiny_cnn' or any timm name for images
+    backbone: str = "auto"          # 'auto': mlp for vectors, inception_v3 for images; or 'mlp',
+                                    # 'tiny_cnn', any timm name (inception_v3, resnet50, ...)
     pretrained: Optional[str] = None  # local weights file for the backbone (never downloaded)
     enc_layers: int = 4             # mlp encoder depth (paper toy: 4 dense layers of 64 units)
     enc_width: int = 64

@@ -46,11 +46,19 @@ class Registry:
         self._entries: Dict[str, Callable] = {}
 
     def register(self, name: str) -> Callable:
-        """Decorator: register ``fn`` under ``name`` (a second registration of a name is an error)."""
+        """Decorator: register ``fn`` under ``name``.
+
+        A second, different registration of a name is an error; the same function seen again
+        (a module run with ``python -m`` is imported a second time as ``__main__``) keeps the
+        first."""
         def deco(fn: Callable) -> Callable:
-            if name in self._entries and self._entries[name] is not fn:
-                raise ValueError(f"{self.kind} {name!r} is registered twice "
-                                 f"({self._entries[name].__module__} and {fn.__module__})")
+            old = self._entries.get(name)
+            if old is not None and old is not fn:
+                same = getattr(old, "__qualname__", None) == getattr(fn, "__qualname__", None)
+                if not (same and "__main__" in (old.__module__, fn.__module__)):
+                    raise ValueError(f"{self.kind} {name!r} is registered twice "
+                                     f"({old.__module__} and {fn.__module__})")
+                return fn
             self._entries[name] = fn
             return fn
         return deco
@@ -70,3 +78,10 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+# The three registries of the library. Builders register themselves where they are defined;
+# ``monet.models`` and ``monet.data`` import the built-in modules so that these are filled.
+FAMILIES = Registry("model family", field="family")      # fn(config, spec, input_shape) -> model
+ENCODERS = Registry("encoder", field="backbone")         # fn(input_shape, pretrained, **kw) -> (module, dim)
+DATASETS = Registry("dataset", field="dataset")          # fn(config) -> DataBundle

@@ -1,4 +1,9 @@
-"""The training loop, as plain functions: ``train_steps``, ``evaluate`` and ``fit``. No Ray here.
+"""The training loop, as plain functions. No Ray here.
+
+``fit`` reads top to bottom in named phases: :func:`plan_steps` (batches, rounds, warmup; the
+search's trainable uses it too), :class:`Optimizers`, :func:`train_round`, :func:`evaluate`,
+:func:`save_checkpoint` / :func:`restore_checkpoint`, and :class:`RunFolder`, which owns the run
+folder (``config.yaml``, ``metrics.jsonl``, TensorBoard events, the checkpoint).
 
 ``fit(config, data, report)`` trains one model and calls ``report(metrics, checkpoint_dir)``
 after every evaluation round (``config.eval_every`` epochs, fractions allowed). Metric names are
@@ -29,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -153,13 +159,138 @@ def evaluate(model, split, spec, config: TrainConfig, weights: torch.Tensor,
     return met
 
 
-def _rng_state(gen: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+# ---------------------------------------------------------------------------------- step plan
+@dataclass(frozen=True)
+class StepPlan:
+    """The step arithmetic of a run (all counts in optimizer steps).
+
+    Attributes:
+        batches: ``(start, stop)`` rows of each batch of an epoch (after shuffling).
+        steps_per_epoch: ``len(batches)``.
+        total_steps: ``round(epochs * steps_per_epoch)``, at least 1.
+        steps_per_round: steps between evaluations (``eval_every`` epochs), at least 1.
+        warmup_steps: steps during which MONET's order logits stay frozen (fractional).
+    """
+
+    batches: tuple
+    steps_per_epoch: int
+    total_steps: int
+    steps_per_round: int
+    warmup_steps: float
+
+    def round_end(self, step: int) -> int:
+        """The step at which the round containing ``step`` ends."""
+        return min(self.total_steps, (step // self.steps_per_round + 1) * self.steps_per_round)
 
 
-def _set_rng_state(st: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(st["torch"])
-    gen.set_state(st["gen"])
+def plan_steps(config: TrainConfig, n_train: int) -> StepPlan:
+    """Batches, rounds and warmup of ``config`` on ``n_train`` training examples."""
+    batches = tuple(_batch_indices(n_train, int(config.batch_size), config.max_steps_per_epoch))
+    steps_per_epoch = len(batches)
+    return StepPlan(
+        batches=batches, steps_per_epoch=steps_per_epoch,
+        total_steps=max(1, int(round(float(config.epochs) * steps_per_epoch))),
+        steps_per_round=max(1, int(round(float(config.eval_every) * steps_per_epoch))),
+        warmup_steps=float(config.warmup) * steps_per_epoch)
+
+
+# ---------------------------------------------------------------------------------- optimizers
+@dataclass
+class Optimizers:
+    """Adam/AdamW on the model with per-epoch exponential decay, and MONET's own Adam on the order
+    logits (``order``: None for families without them)."""
+
+    main: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    order: Optional[torch.optim.Optimizer]
+
+    @classmethod
+    def build(cls, config: TrainConfig, model) -> "Optimizers":
+        order_params = model.order_parameters()
+        order_ids = {id(p) for p in order_params}
+        main_params = [p for p in model.parameters() if id(p) not in order_ids]
+        Opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        main = Opt(main_params, lr=config.lr, weight_decay=config.weight_decay)
+        return cls(main, torch.optim.lr_scheduler.ExponentialLR(main, gamma=config.lr_decay),
+                   torch.optim.Adam(order_params, lr=config.order_lr) if order_params else None)
+
+    @property
+    def lr(self) -> float:
+        return self.main.param_groups[0]["lr"]
+
+
+# ---------------------------------------------------------------------------------- one round
+def train_round(model, data: DataBundle, config: TrainConfig, plan: StepPlan, optim: Optimizers,
+                weights: torch.Tensor, gen: torch.Generator, step: int, device) -> tuple:
+    """Train from ``step`` to the end of its round; returns ``(step, train metrics)``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf.
+    """
+    model.train()
+    sums = {"loss": 0.0, "nll": 0.0, "dice": 0.0}
+    n_seen, stop, perm, perm_epoch = 0, plan.round_end(step), None, -1
+    while step < stop:
+        epoch, j = divmod(step, plan.steps_per_epoch)
+        if epoch != perm_epoch:
+            perm, perm_epoch = _epoch_permutation(config.seed, epoch, len(data.train)), epoch
+        a, b = plan.batches[j]
+        x, y, m = (v.to(device) for v in _fetch(data.train, perm[a:b]))
+        if data.prepare is not None:
+            x = data.prepare(x, True, gen)
+        out = model(x, y, generator=gen) if hasattr(model, "order_logits") else model(x, y)
+        loss, parts = compute_loss(model, out, y, m, data.spec, weights, config,
+                                   warming=step < plan.warmup_steps)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, step {step} "
+                f"(lr={optim.lr:.3g}); lower the learning rate")
+        optim.main.zero_grad(set_to_none=True)
+        if optim.order is not None:
+            optim.order.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.main.step()
+        if optim.order is not None and step >= plan.warmup_steps:  # order logits idle in warmup
+            optim.order.step()
+        step += 1
+        if step % plan.steps_per_epoch == 0:
+            optim.schedule.step()
+        parts["loss"] = loss
+        for k in sums:
+            sums[k] += float(parts[k].detach()) * len(y) if k in parts else 0.0
+        n_seen += len(y)
+    n_seen = max(n_seen, 1)
+    metrics = {"train/loss": sums["loss"] / n_seen, "train/nll": sums["nll"] / n_seen}
+    if config.dice_lambda > 0:
+        metrics["train/dice"] = sums["dice"] / n_seen
+    return step, metrics
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, model, optim: Optimizers, gen: torch.Generator, progress: dict,
+                    config: TrainConfig, spec) -> None:
+    """One dict (weights, optimizers, RNG states, ``progress``: step, round, best), written
+    through a temporary file and a rename."""
+    atomic_torch_save({
+        "model": model.state_dict(), "opt": optim.main.state_dict(),
+        "sched": optim.schedule.state_dict(),
+        "opt_u": optim.order.state_dict() if optim.order is not None else None,
+        "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state()},
+        **progress, "config": config.to_dict(), "spec": spec.to_dict()}, path)
+
+
+def restore_checkpoint(path, model, optim: Optimizers, gen: torch.Generator) -> dict:
+    """Load ``path`` (file or folder) into the model, optimizers and RNGs; returns the progress
+    ``{"step", "round", "best"}``."""
+    ck = load_checkpoint(path)
+    model.load_state_dict(ck["model"])
+    optim.main.load_state_dict(ck["opt"])
+    optim.schedule.load_state_dict(ck["sched"])
+    if optim.order is not None and ck.get("opt_u") is not None:
+        optim.order.load_state_dict(ck["opt_u"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    gen.set_state(ck["rng"]["gen"])
+    return {"step": int(ck["step"]), "round": int(ck["round"]), "best": ck.get("best")}
 
 
 def load_checkpoint(path) -> dict:
@@ -172,26 +303,67 @@ def load_checkpoint(path) -> dict:
     return torch.load(p, map_location="cpu", weights_only=True)
 
 
-def _tb_writer(config, run_dir):
-    if not (config.tensorboard and run_dir):
-        return None
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:  # optional
-        return None
-    return SummaryWriter(str(Path(run_dir) / "events"))
+# ---------------------------------------------------------------------------------- run folder
+class RunFolder:
+    """Owns what a run writes: ``config.yaml``, ``metrics.jsonl``, the TensorBoard writer and the
+    checkpoint folder (a temporary one when there is no run folder). Use as a context manager.
 
+    Args:
+        run_dir: the run folder, or None (nothing written but temporary checkpoints).
+        config: the run's config (written as ``config.yaml``; ``tensorboard`` switches events).
+    """
 
-def _tb_log(writer, model, metrics: dict, step: int) -> None:
-    if writer is None:
-        return
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and k not in ("round", "step"):
-            writer.add_scalar(k, v, step)
-    if hasattr(model, "order_logits") and model.order_logits is not None:
-        writer.add_histogram("order/pi", model.pi().cpu().numpy(), step)
-        writer.add_image("order/omega", model.soft_order().cpu()[None].numpy(), step)
-    writer.flush()
+    def __init__(self, run_dir, config: TrainConfig):
+        self.path = Path(run_dir) if run_dir else None
+        self.config = config
+        self._tmp = self._metrics = self.writer = None
+
+    def __enter__(self) -> "RunFolder":
+        if self.path:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_yaml(self.path / "config.yaml", self.config.to_dict())
+            self.checkpoint_dir = self.path / "checkpoint"
+            self._metrics = open(self.path / "metrics.jsonl", "a")
+            if self.config.tensorboard:
+                from tensorboardX import SummaryWriter
+                self.writer = SummaryWriter(str(self.path / "events"))
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="monet-ckpt-")
+            self.checkpoint_dir = Path(self._tmp.name)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.checkpoint_dir / CHECKPOINT_FILE
+
+    def log(self, metrics: dict, model) -> None:
+        """One line of ``metrics.jsonl`` and the round's TensorBoard scalars (pi and Omega too)."""
+        if self._metrics:
+            self._metrics.write(json.dumps(metrics) + "\n")
+            self._metrics.flush()
+        if self.writer is None:
+            return
+        step = metrics["step"]
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and k not in ("round", "step"):
+                self.writer.add_scalar(k, v, step)
+        if getattr(model, "order_logits", None) is not None:
+            self.writer.add_histogram("order/pi", model.pi().cpu().numpy(), step)
+            self.writer.add_image("order/omega", model.soft_order().cpu()[None].numpy(), step)
+        self.writer.flush()
+
+    def write_yaml(self, name: str, obj) -> None:
+        if self.path:
+            atomic_write_yaml(self.path / name, obj)
+
+    def __exit__(self, *exc) -> None:
+        if self._metrics:
+            self._metrics.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self._tmp is not None:  # report() consumers copy the checkpoint during the call
+            self._tmp.cleanup()
 
 
 # ---------------------------------------------------------------------------------- fit
@@ -213,151 +385,60 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
 
     Returns:
         ``{"metrics": last round, "best": best round by val loss, "test": test metrics or None,
-        "order": most likely order or None, "run_dir": run_dir, "steps": steps done}``.
+        "order": most likely order or None, "run_dir": run_dir, "steps": steps done, "model"}``.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the message says where).
     """
     c = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     device = torch.device(c.device)
-    spec = data.spec
-    model = create_model(c, spec, data.input_shape)
+    model = create_model(c, data.spec, data.input_shape)
     if c.bias_init:
         init_output_bias(model, data)
     model.to(device)
-    order_params = model.order_parameters()
-    order_ids = {id(p) for p in order_params}
-    main_params = [p for p in model.parameters() if id(p) not in order_ids]
-    Opt = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-    opt = Opt(main_params, lr=c.lr, weight_decay=c.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=c.lr_decay)
-    opt_u = torch.optim.Adam(order_params, lr=c.order_lr) if order_params else None
+    optim = Optimizers.build(c, model)
     weights = build_loss_weights(c, data).to(device)
     gen = torch.Generator().manual_seed(int(c.seed) + 1)
-
-    n_train = len(data.train)
-    bounds = _batch_indices(n_train, int(c.batch_size), c.max_steps_per_epoch)
-    spe = len(bounds)
-    total = max(1, int(round(float(c.epochs) * spe)))
-    every = max(1, int(round(float(c.eval_every) * spe)))
-    warm_steps = float(c.warmup) * spe
-    step, rnd, best = 0, 0, None
-
-    run_path = Path(run_dir) if run_dir else None
-    tmp_ckpt = None
-    if run_path:
-        run_path.mkdir(parents=True, exist_ok=True)
-        atomic_write_yaml(run_path / "config.yaml", c.to_dict())
-        ckpt_dir = run_path / "checkpoint"
-    else:
-        tmp_ckpt = tempfile.TemporaryDirectory(prefix="monet-ckpt-")
-        ckpt_dir = Path(tmp_ckpt.name)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-
-    if resume_from is not None:
-        ck = load_checkpoint(resume_from)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        if opt_u is not None and ck.get("opt_u") is not None:
-            opt_u.load_state_dict(ck["opt_u"])
-        _set_rng_state(ck["rng"], gen)
-        step, rnd, best = int(ck["step"]), int(ck["round"]), ck.get("best")
-    else:
-        torch.manual_seed(int(c.seed) + 2)
-
-    writer = _tb_writer(c, run_path)
-    metrics_file = open(run_path / "metrics.jsonl", "a") if run_path else None
-    last = {}
-    acc = {"loss": 0.0, "nll": 0.0, "dice": 0.0, "n": 0}
-    t_train = 0.0
-    try:
-        perm, perm_epoch = None, -1
-        while step < total:
-            model.train()
+    plan = plan_steps(c, len(data.train))
+    with RunFolder(run_dir, c) as folder:
+        if resume_from is not None:
+            progress = restore_checkpoint(resume_from, model, optim, gen)
+        else:
+            progress = {"step": 0, "round": 0, "best": None}
+            torch.manual_seed(int(c.seed) + 2)
+        step, last, train_seconds = progress["step"], {}, 0.0
+        while step < plan.total_steps:
             t0 = time.perf_counter()
-            stop = min(total, (step // every + 1) * every)
-            while step < stop:
-                epoch, j = divmod(step, spe)
-                if epoch != perm_epoch:
-                    perm, perm_epoch = _epoch_permutation(c.seed, epoch, n_train), epoch
-                a, b = bounds[j]
-                x, y, m = _fetch(data.train, perm[a:b])
-                x, y, m = x.to(device), y.to(device), m.to(device)
-                if data.prepare is not None:
-                    x = data.prepare(x, True, gen)
-                out = model(x, y, generator=gen) if hasattr(model, "order_logits") else model(x, y)
-                loss, parts = compute_loss(model, out, y, m, spec, weights, c,
-                                           warming=step < warm_steps)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, step {step} "
-                        f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                if opt_u is not None:
-                    opt_u.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if opt_u is not None and step >= warm_steps:  # order logits idle during warmup
-                    opt_u.step()
-                step += 1
-                if step % spe == 0:
-                    sched.step()
-                acc["loss"] += float(loss.detach()) * len(y)
-                acc["nll"] += float(parts["nll"].detach()) * len(y)
-                acc["dice"] += float(parts["dice"].detach()) * len(y) if "dice" in parts else 0.0
-                acc["n"] += len(y)
-            t_train += time.perf_counter() - t0
-            rnd += 1
+            step, train_metrics = train_round(model, data, c, plan, optim, weights, gen, step, device)
             t1 = time.perf_counter()
-            val = evaluate(model, data.val, spec, c, weights, data.prepare, device, c.seed)
-            n = max(acc["n"], 1)
-            last = {"epoch": step / spe, "round": rnd, "step": step,
-                    "train/loss": acc["loss"] / n, "train/nll": acc["nll"] / n,
-                    "lr": opt.param_groups[0]["lr"]}
-            if c.dice_lambda > 0:
-                last["train/dice"] = acc["dice"] / n
-            last.update({f"val/{k}": v for k, v in val.items()})
-            last.update(model.order_stats())
-            last["time/train_s"] = t_train
-            last["time/eval_s"] = time.perf_counter() - t1
-            acc = {"loss": 0.0, "nll": 0.0, "dice": 0.0, "n": 0}
-            if best is None or last["val/loss"] < best["val/loss"]:
-                best = dict(last)
-            wrote = rnd % int(c.checkpoint_every) == 0 or step >= total
+            train_seconds += t1 - t0
+            val = evaluate(model, data.val, data.spec, c, weights, data.prepare, device, c.seed)
+            progress["round"] += 1
+            last = {"epoch": step / plan.steps_per_epoch, "round": progress["round"], "step": step,
+                    **train_metrics, "lr": optim.lr, **{f"val/{k}": v for k, v in val.items()},
+                    **model.order_stats(), "time/train_s": train_seconds,
+                    "time/eval_s": time.perf_counter() - t1}
+            if progress["best"] is None or last["val/loss"] < progress["best"]["val/loss"]:
+                progress["best"] = dict(last)
+            progress["step"] = step
+            wrote = progress["round"] % int(c.checkpoint_every) == 0 or step >= plan.total_steps
             if wrote:
-                atomic_torch_save({
-                    "model": model.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "opt_u": opt_u.state_dict() if opt_u is not None else None,
-                    "rng": _rng_state(gen), "step": step, "round": rnd, "best": best,
-                    "config": c.to_dict(), "spec": spec.to_dict()}, ckpt_dir / CHECKPOINT_FILE)
-            if metrics_file:
-                metrics_file.write(json.dumps(last) + "\n")
-                metrics_file.flush()
-            _tb_log(writer, model, last, step)
+                save_checkpoint(folder.checkpoint_file, model, optim, gen, progress, c, data.spec)
+            folder.log(last, model)
             if log:
-                log(_progress_line(last, spec))
+                log(_progress_line(last))
             if report is not None:
-                report(dict(last), str(ckpt_dir) if wrote else None)
+                report(dict(last), str(folder.checkpoint_dir) if wrote else None)
         test = None
         if c.test_at_end:
-            test = evaluate(model, data.test, spec, c, weights, data.prepare, device, c.seed)
-            if run_path:
-                atomic_write_yaml(run_path / "test_metrics.yaml", {k: float(v) for k, v in test.items()})
-        order = model.most_likely_order() if hasattr(model, "most_likely_order") else None
-        return {"metrics": last, "best": best, "test": test, "order": order,
-                "run_dir": str(run_path) if run_path else None, "steps": step, "model": model}
-    finally:
-        if metrics_file:
-            metrics_file.close()
-        if writer is not None:
-            writer.close()
-        if tmp_ckpt is not None:  # report() consumers copy the checkpoint during the call
-            tmp_ckpt.cleanup()
+            test = evaluate(model, data.test, data.spec, c, weights, data.prepare, device, c.seed)
+            folder.write_yaml("test_metrics.yaml", {k: float(v) for k, v in test.items()})
+    order = model.most_likely_order() if hasattr(model, "most_likely_order") else None
+    return {"metrics": last, "best": progress["best"], "test": test, "order": order,
+            "run_dir": str(folder.path) if folder.path else None, "steps": step, "model": model}
 
 
-def _progress_line(m: dict, spec) -> str:
+def _progress_line(m: dict) -> str:
     s = f"epoch {m['epoch']:.2f}  train/loss {m['train/loss']:.4f}  val/loss {m['val/loss']:.4f}"
     if "val/mean_acc" in m:
         s += f"  val/mean_acc {m['val/mean_acc']:.4f}"
@@ -381,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif isinstance(val, bool):
             p.add_argument(flag, type=_bool, default=None, metavar="BOOL")
         elif isinstance(val, (int, float)) and not isinstance(val, bool):
-            p.add_argument(flag, type=type(val), default=None)
+            kind = float if TrainConfig.__dataclass_fields__[name].type == "float" else type(val)
+            p.add_argument(flag, type=kind, default=None)
         else:
             p.add_argument(flag, default=None)
     p.add_argument("--out", help="run folder (config.yaml, metrics.jsonl, checkpoint/, events/)")
@@ -410,6 +492,8 @@ def config_from_args(a) -> TrainConfig:
             raise MonetError(f"--config: no such file {a.config}")
         with open(a.config) as f:
             base = yaml.safe_load(f) or {}
+        if isinstance(base, dict) and isinstance(base.get("config"), dict) and "trial_id" in base:
+            base = base["config"]   # a search's best_config.yaml: its TrainConfig
         TrainConfig.from_dict(base, source=a.config)
     for name in TrainConfig.fields():
         v = getattr(a, name, None)

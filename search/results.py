@@ -123,8 +123,7 @@ class ExperimentFiles:
         if best is not None:
             trial = next(t for t in trials if t.trial_id == best["trial_id"])
             params = flatten_dict(dict(trial.config), delimiter="/")
-            base = {k: v for k, v in self.base.items() if not k.startswith("_")}
-            cfg = trial_to_train_config(base, params).to_dict()
+            cfg = trial_to_train_config(self.base, params).to_dict()
             doc = {
                 "metric": self.metric, "mode": self.mode, "value": best[f"last/{self.metric}"],
                 "best_round_value": best[f"best/{self.metric}"],

@@ -135,6 +135,29 @@ class BudgetHonestOptunaSearch(OptunaSearch):
                     logger.warning("could not close orphaned Optuna trial %s: %s", ft.number, exc)
 
 
+def absolute_storage_url(url: Optional[str]) -> Optional[str]:
+    """``url`` with a relative sqlite or journal file made absolute, so that a resume from another
+    folder opens the same study.
+
+    Example:
+        >>> absolute_storage_url("sqlite:////tmp/a.db")
+        'sqlite:////tmp/a.db'
+        >>> absolute_storage_url("sqlite:///a.db").startswith("sqlite:////")
+        True
+    """
+    if not url:
+        return url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(url[len("sqlite:///"):]).expanduser().resolve())
+    if url.startswith("journal:"):
+        path = url[len("journal:"):]
+        path = path[2:] if path.startswith("//") else path
+        return "journal:" + str(Path(path).expanduser().resolve())
+    if "://" not in url and url.endswith((".log", ".journal")):
+        return str(Path(url).expanduser().resolve())
+    return url
+
+
 def make_storage(url: Optional[str]):
     """An Optuna storage object from ``--optuna-storage``.
 

@@ -58,22 +58,16 @@ from typing import Any, Optional
 
 from monet.config import TrainConfig
 from monet.errors import ConfigError
+from search.settings import flag_owned_fields
 
 FAMILIES_ALL = ("vmnc", "vmns", "mrnn", "monet")   # what --family all searches across
 M_CAP = 128                                         # default upper end of M (paper toy grid: 128+)
 TEMPERATURE_PREFIX = "temperature/"
 TRIAL_NUMBER_KEY = "optuna_trial"                   # the Optuna trial number, in every config
 
-# TrainConfig fields that flags own: a space file may not set them.
-FLAG_FIELDS = {
-    "dataset": "--dataset", "T": "--T", "reading": "--reading", "n_train": "--n-train",
-    "n_val": "--n-val", "n_test": "--n-test", "data_seed": "--data-seed",
-    "data_root": "--data-root", "fold": "--fold", "val_subjects": "--val-subjects",
-    "layout": "--layout", "subset": "--subset", "cache": "--cache", "image_size": "--image-size",
-    "family": "--family", "epochs": "--max-epochs", "eval_every": "--eval-every",
-    "seed": "--seed", "device": "--gpus-per-trial", "test_at_end": "(never in a search)",
-    "tensorboard": "(always on in a search)", "checkpoint_every": "(every round in a search)",
-}
+# TrainConfig fields that flags own (search.settings.DATA_FLAGS and the search's own): a space
+# file may not set them.
+FLAG_FIELDS = flag_owned_fields()
 
 
 @dataclass

@@ -10,9 +10,12 @@ Besides ``fit``'s metrics every report carries ``budget`` (share of the trial's 
 1.0 at the end: the searcher's COMPLETE/PRUNED test), ``node_id`` and ``restored_round`` (the
 round the attempt resumed from; 0 for a fresh start).
 
-The data is loaded once by the driver and handed over with ``tune.with_parameters``::
+The data is loaded once by the driver and handed over with ``tune.with_parameters``, with the
+fixed TrainConfig fields and the per-trial runtime settings (threads, fault injection, the
+experiment folder), which never ride inside the searched config::
 
-    trainable = tune.with_parameters(train_trial, data=bundle, base=base_config_dict)
+    trainable = tune.with_parameters(train_trial, data=bundle, base=base_config_dict,
+                                     runtime=TrialRuntime(threads=1, exp_dir="results/exp"))
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from ray import tune
 from ray.tune.utils import flatten_dict
 
 from monet.errors import NonFiniteLossError
-from monet.train import CHECKPOINT_FILE, _batch_indices, fit, load_checkpoint
+from monet.train import CHECKPOINT_FILE, fit, load_checkpoint, plan_steps
+from search.settings import TrialRuntime
 from search.spaces import TRIAL_NUMBER_KEY, trial_to_train_config
 
 NONFINITE_MARK = "nonfinite.txt"     # left in the trial folder: a retry fails at once
@@ -89,19 +93,19 @@ def trial_dirname(trial) -> str:
     return trial_dirname_of(trial.trial_id)
 
 
-def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
+def train_trial(config: dict, data=None, base: Optional[dict] = None,
+                runtime: Optional[TrialRuntime] = None) -> None:
     """The Tune function trainable: one ``monet.train.fit`` run.
 
     Args:
         config: the trial's parameters from the search space (nested by Ray on ``/``).
         data: the :class:`monet.data.DataBundle` loaded once by the driver.
-        base: fixed TrainConfig fields from the flags, plus private ``_threads`` and ``_fault``.
+        base: fixed TrainConfig fields from the flags.
+        runtime: threads, fault injection and the experiment folder (:class:`TrialRuntime`).
     """
-    base = dict(base or {})
-    threads = int(base.pop("_threads", 1))
-    fault = base.pop("_fault", None)
-    exp_dir = base.pop("_exp_dir", None)
-    torch.set_num_threads(max(1, threads))
+    runtime = runtime or TrialRuntime()
+    fault, exp_dir = runtime.fault, runtime.exp_dir
+    torch.set_num_threads(max(1, int(runtime.threads)))
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     # A local experiment folder (shared by all nodes, as Ray requires): write straight into the
@@ -112,11 +116,10 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None) -> None:
     faulty = fault is not None and number % fault["every"] == 0
     if faulty and fault["kind"] == "nan":
         params["lr"] = 1e9
-    cfg = trial_to_train_config(base, params)
+    cfg = trial_to_train_config(base or {}, params)
     if "cuda" in str(cfg.device) and not torch.cuda.is_available():
         cfg = cfg.replace(device="cpu")
-    spe = len(_batch_indices(len(data.train), int(cfg.batch_size), cfg.max_steps_per_epoch))
-    total = max(1, int(round(float(cfg.epochs) * spe)))
+    total = plan_steps(cfg, len(data.train)).total_steps
     node_id = ray.get_runtime_context().get_node_id()
 
     # Where to continue from: the trial's own latest checkpoint (local experiment folder), else

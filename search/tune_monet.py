@@ -31,6 +31,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from search.settings import DATA_FLAGS, SearchSettings, TrialRuntime  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 1
@@ -55,19 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Optuna-suggested trials on Ray Tune with ASHA for monet models.")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=DEFAULTS["dataset"], help="dataset name (default: toy)")
-    g.add_argument("--T", type=int, default=None, help="toy: number of tasks (default 5)")
-    g.add_argument("--reading", default=None, help="toy: bits | printed")
-    g.add_argument("--n-train", type=int, default=None)
-    g.add_argument("--n-val", type=int, default=None)
-    g.add_argument("--n-test", type=int, default=None)
-    g.add_argument("--data-seed", type=int, default=None)
-    g.add_argument("--data-root", default=None, help="face data folder or tabular file")
-    g.add_argument("--fold", type=int, default=None, help="face data: test fold (1..3)")
-    g.add_argument("--val-subjects", type=float, default=None)
-    g.add_argument("--layout", default=None)
-    g.add_argument("--subset", default=None, help="celeba attribute subset")
-    g.add_argument("--cache", default=None)
-    g.add_argument("--image-size", type=int, default=None)
+    for f in DATA_FLAGS:
+        g.add_argument(f.flag, type=f.type, default=None, help=f.help,
+                       metavar="BOOL" if f.type is not int and f.type is not float
+                       and f.type is not str else None)
     g = p.add_argument_group("search")
     g.add_argument("--family", default=DEFAULTS["family"],
                    help="model family (vmnc, vmns, mrnn, monet, oracle) or 'all'")
@@ -126,10 +119,11 @@ def default_metric(dataset: str) -> str:
     return "val/mean_acc"
 
 
-def resolve(a) -> dict:
+def resolve(a) -> SearchSettings:
     """Flags -> the resolved experiment settings (what config.yaml records)."""
     from monet.data import list_datasets
     from monet.models import list_families
+    from search.searcher import absolute_storage_url
 
     datasets = list_datasets()
     if a.dataset not in datasets:
@@ -167,7 +161,6 @@ def resolve(a) -> dict:
     if not metric.startswith(("val/", "train/", "order/")):
         raise BadInput(f"--metric: {metric!r} is not a training/validation metric; expected "
                        f"val/... (the search never looks at the test split)")
-    mode = a.mode or ("min" if metric.endswith("loss") else "max")
     n_startup = a.n_startup_trials
     if n_startup is None:
         n_startup = int(min(10, max(3, a.num_samples // 4)))
@@ -177,44 +170,48 @@ def resolve(a) -> dict:
     name = a.name or f"{a.dataset}-{a.family}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if not name or "/" in name or name.startswith("."):
         raise BadInput(f"--name: {name!r} is not a plain folder name")
-    return dict(
-        dataset=a.dataset, families=fams, family=a.family, space=a.space, metric=metric,
-        mode=mode, num_samples=a.num_samples, max_epochs=float(a.max_epochs),
+    return SearchSettings(
+        dataset=a.dataset, families=tuple(fams), family=a.family, space=a.space, metric=metric,
+        mode=a.mode or ("min" if metric.endswith("loss") else "max"),
+        num_samples=a.num_samples, max_epochs=float(a.max_epochs),
         eval_every=float(a.eval_every), grace_period=float(grace),
         reduction_factor=float(a.reduction_factor), scheduler=a.scheduler, sampler=a.sampler,
         n_startup_trials=n_startup, max_concurrent=a.max_concurrent, time_budget=a.time_budget,
-        seed=a.seed, optuna_storage=a.optuna_storage, cpus_per_trial=float(a.cpus_per_trial),
-        gpus_per_trial=float(a.gpus_per_trial), max_failures=a.max_failures,
-        storage_path=storage, name=name, inject_fault=a.inject_fault)
+        seed=a.seed, optuna_storage=absolute_storage_url(a.optuna_storage),
+        cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
+        max_failures=a.max_failures, storage_path=storage, name=name,
+        inject_fault=a.inject_fault)
 
 
-DATA_FLAGS = ("T", "reading", "n_train", "n_val", "n_test", "data_seed", "data_root", "fold",
-              "val_subjects", "layout", "subset", "cache", "image_size")
-
-
-def base_config(a, s: dict) -> dict:
-    """Fixed TrainConfig fields of every trial (the flags), validated."""
+def base_config(a, s: SearchSettings) -> dict:
+    """Fixed TrainConfig fields of every trial (the data flags and the search's own), validated."""
     from monet.config import TrainConfig
 
-    d = {"dataset": s["dataset"], "epochs": s["max_epochs"], "eval_every": s["eval_every"],
-         "seed": s["seed"], "tensorboard": True, "test_at_end": False, "checkpoint_every": 1,
-         "family": s["families"][0]}
+    d = {"dataset": s.dataset, "epochs": s.max_epochs, "eval_every": s.eval_every,
+         "seed": s.seed, "tensorboard": True, "test_at_end": False, "checkpoint_every": 1,
+         "family": s.families[0]}
     for f in DATA_FLAGS:
-        v = getattr(a, f, None)
+        v = getattr(a, f.field, None)
         if v is not None:
-            d[f] = v
-    if s["dataset"] == "toy" and "T" not in d:
+            d[f.field] = v
+    if s.dataset == "toy" and "T" not in d:
         d["T"] = DEFAULTS["T"]
-    if s["gpus_per_trial"] > 0:
+    if s.gpus_per_trial > 0:
         d["device"] = "cuda"
     TrainConfig.from_dict(d, source="flags")
     return d
 
 
-def experiment_dir(s: dict) -> Path:
-    if "://" in s["storage_path"]:
+def experiment_dir(s: SearchSettings):
+    """The local experiment folder, or None when results go to object storage."""
+    if s.is_remote:
         return None
-    return Path(s["storage_path"]) / s["name"]
+    return Path(s.storage_path) / s.name
+
+
+def experiment_path(s: SearchSettings) -> str:
+    """The experiment's location as Ray takes it (a local folder or a URI)."""
+    return f"{s.storage_path.rstrip('/')}/{s.name}"
 
 
 def check_address(address: str) -> None:
@@ -270,82 +267,126 @@ def run(argv=None) -> int:
 
 
 def _run(a) -> int:
-    import yaml
-
     from monet.config import TrainConfig
     from monet.data import load_dataset
-    from monet.io import atomic_write_yaml
     from search.searcher import make_storage
     from search.spaces import SearchSpace, load_space_file
     from search.trainable import parse_fault
 
     if a.resume:
-        if not a.name:
-            raise BadInput("--resume: give the experiment with --storage-path and --name")
-        exp = Path(a.storage_path).expanduser().resolve() / a.name
-        if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
-            raise BadInput(f"--resume: no experiment to resume at {exp}")
-        with open(exp / "config.yaml") as f:
-            saved = yaml.safe_load(f)
-        s = saved["search"]
-        s["storage_path"], s["name"] = str(exp.parent), a.name
-        base = saved["base"]
-        space_overrides = saved.get("space_overrides") or {}
+        s, base, space_overrides = load_experiment(a)
     else:
         s = resolve(a)
         base = base_config(a, s)
-        space_overrides = load_space_file(s["space"]) if s["space"] else {}
+        space_overrides = load_space_file(s.space) if s.space else {}
         exp = experiment_dir(s)
         if exp is not None and (exp / "tuner.pkl").exists():
             raise BadInput(f"--name: the experiment {exp} exists already; add --resume to "
                            f"continue it or pick another --name")
-    fault = parse_fault(s.get("inject_fault"))
+    exp = experiment_dir(s)
+    fault = parse_fault(s.inject_fault)
 
     # data once, in the driver (a missing data root fails here, before Ray starts)
     cfg0 = TrainConfig.from_dict(base, source="flags")
     data = load_dataset(cfg0)
-    space = SearchSpace.build(s["families"], data.spec, s["max_epochs"], space_overrides,
-                              source=s["space"] or "space file")
-    storage = make_storage(s["optuna_storage"])
-    if storage is not None and not a.resume:
+    space = SearchSpace.build(s.families, data.spec, s.max_epochs, space_overrides,
+                              source=s.space or "space file")
+    check_trainable(space, base, data)
+    if s.optuna_storage is None and exp is not None:   # the study lives with the experiment
+        s = s.replace(optuna_storage=f"sqlite:///{exp / 'study.db'}")
+    elif s.optuna_storage is not None and not a.resume:
         import optuna
-        if s["name"] in optuna.study.get_all_study_names(storage):
-            raise BadInput(f"--optuna-storage: a study named {s['name']!r} exists already in "
-                           f"{s['optuna_storage']}; add --resume or pick another --name")
+        if s.name in optuna.study.get_all_study_names(make_storage(s.optuna_storage)):
+            raise BadInput(f"--optuna-storage: a study named {s.name!r} exists already in "
+                           f"{s.optuna_storage}; add --resume or pick another --name")
 
     address = a.address or os.environ.get("RAY_ADDRESS") or None
     started = start_ray(address, a.num_cpus)
     import ray
     try:
-        res = ray.cluster_resources()
-        if s["gpus_per_trial"] > 0 and res.get("GPU", 0) < s["gpus_per_trial"]:
-            raise BadInput(f"--gpus-per-trial {s['gpus_per_trial']:g}: the Ray cluster has "
-                           f"{res.get('GPU', 0):g} GPUs")
-        if res.get("CPU", 0) < s["cpus_per_trial"]:
-            raise BadInput(f"--cpus-per-trial {s['cpus_per_trial']:g}: the Ray cluster has "
-                           f"{res.get('CPU', 0):g} CPUs")
-        if s["max_concurrent"] is None:
-            fit_cpu = res.get("CPU", 1) / s["cpus_per_trial"]
-            fit_gpu = res.get("GPU", 0) / s["gpus_per_trial"] if s["gpus_per_trial"] else math.inf
-            s["max_concurrent"] = max(1, int(min(fit_cpu, fit_gpu, s["num_samples"])))
-        base["_threads"] = max(1, int(s["cpus_per_trial"]))
-        if fault:
-            base["_fault"] = fault
-        if exp is not None:
-            base["_exp_dir"] = str(exp)
+        s = fit_to_cluster(s, ray.cluster_resources())
+        runtime = TrialRuntime(threads=max(1, int(s.cpus_per_trial)), fault=fault,
+                               exp_dir=str(exp) if exp is not None else None)
         if exp is not None and not a.resume:
+            from monet.io import atomic_write_yaml
+            exp.mkdir(parents=True, exist_ok=True)
             atomic_write_yaml(exp / "config.yaml", {
-                "search": s, "base": {k: v for k, v in base.items() if not k.startswith("_")},
-                "space": space.describe(), "space_overrides": space_overrides,
-                "argv": sys.argv[1:]})
-        return _tune(s, base, data, space, storage, exp, resume=a.resume, verbose=a.verbose)
+                "search": s.to_dict(), "base": base, "space": space.describe(),
+                "space_overrides": space_overrides, "argv": sys.argv[1:]})
+        storage = make_storage(s.optuna_storage)
+        tuner = build_tuner(s, base, data, space, storage, runtime, resume=a.resume,
+                            verbose=a.verbose)
+        grid = tuner.fit()
+        return summarize(s, grid, exp, storage)
     finally:
         if started:
             ray.shutdown()
 
 
-def _tune(s, base, data, space, storage, exp, resume: bool, verbose: int) -> int:
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(s["max_concurrent"])
+def check_trainable(space, base: dict, data) -> None:
+    """Build the model of one sampled configuration per family (a ConfigError says why a
+    configuration cannot train), so that it is refused before Ray starts."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        for family in space.families:
+            _check_family(space, family, base, data)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _check_family(space, family: str, base: dict, data) -> None:
+    """Build the model of ``family`` with one randomly sampled configuration of ``space``."""
+    import optuna
+
+    from monet.models import create_model
+    from search.spaces import SearchSpace, trial_to_train_config
+
+    one = SearchSpace([family], {family: space.params[family]}, space.T)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    fixed = one(trial) or {}
+    cfg = trial_to_train_config({**base, "family": family}, {**trial.params, **fixed})
+    create_model(cfg, data.spec, data.input_shape)
+
+
+def load_experiment(a) -> tuple:
+    """The saved settings, base config and space overrides of ``--storage-path/--name``."""
+    import yaml
+
+    if not a.name:
+        raise BadInput("--resume: give the experiment with --storage-path and --name")
+    exp = Path(a.storage_path).expanduser().resolve() / a.name
+    if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
+        raise BadInput(f"--resume: no experiment to resume at {exp}")
+    with open(exp / "config.yaml") as f:
+        saved = yaml.safe_load(f)
+    s = SearchSettings.from_dict(saved["search"], source=str(exp / "config.yaml"))
+    s = s.replace(storage_path=str(exp.parent), name=a.name)
+    return s, saved["base"], saved.get("space_overrides") or {}
+
+
+def fit_to_cluster(s: SearchSettings, resources: dict) -> SearchSettings:
+    """Check the per-trial resources against the cluster; size ``max_concurrent`` when unset."""
+    if s.gpus_per_trial > 0 and resources.get("GPU", 0) < s.gpus_per_trial:
+        raise BadInput(f"--gpus-per-trial {s.gpus_per_trial:g}: the Ray cluster has "
+                       f"{resources.get('GPU', 0):g} GPUs")
+    if resources.get("CPU", 0) < s.cpus_per_trial:
+        raise BadInput(f"--cpus-per-trial {s.cpus_per_trial:g}: the Ray cluster has "
+                       f"{resources.get('CPU', 0):g} CPUs")
+    if s.max_concurrent is not None:
+        return s
+    fit_cpu = resources.get("CPU", 1) / s.cpus_per_trial
+    fit_gpu = resources.get("GPU", 0) / s.gpus_per_trial if s.gpus_per_trial else math.inf
+    return s.replace(max_concurrent=max(1, int(min(fit_cpu, fit_gpu, s.num_samples))))
+
+
+def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: TrialRuntime,
+                resume: bool = False, verbose: int = 1):
+    """The Tuner, shaped like Ray's Optuna example: searcher -> ConcurrencyLimiter ->
+    scheduler -> Tuner (or ``Tuner.restore`` of the saved experiment with ``resume``)."""
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(s.max_concurrent)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"      # the classic reporter, with our columns
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
@@ -358,49 +399,44 @@ def _tune(s, base, data, space, storage, exp, resume: bool, verbose: int) -> int
     from search.trainable import train_trial, trial_dirname
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, base=base),
-        {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
-    exp_path = str(exp) if exp is not None else f"{s['storage_path'].rstrip('/')}/{s['name']}"
+        tune.with_parameters(train_trial, data=data, base=base, runtime=runtime),
+        {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
+    exp = experiment_dir(s)
     if resume:
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
+        return tune.Tuner.restore(experiment_path(s), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    searcher = BudgetHonestOptunaSearch(
+        space, metric=s.metric, mode=s.mode,
+        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials),
+        storage=storage, study_name=s.name)
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+    if s.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=s.max_epochs,
+                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
-        searcher = BudgetHonestOptunaSearch(
-            space, metric=s["metric"], mode=s["mode"],
-            sampler=make_sampler(s["sampler"], s["seed"], s["n_startup_trials"]),
-            storage=storage, study_name=s["name"])
-        if s["scheduler"] == "asha":
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=s["max_epochs"],
-                                      grace_period=s["grace_period"],
-                                      reduction_factor=s["reduction_factor"])
-        else:
-            scheduler = FIFOScheduler()
-        files = ExperimentFiles(exp, s["metric"], s["mode"], base, s["dataset"]) if exp else None
-        callbacks = [ResultsCallback(files)] if files else []
-        params = [n for n in space.names() if not n.startswith("temperature/")][:8]
-        reporter = tune.CLIReporter(
-            metric_columns={"epoch": "epoch", s["metric"]: s["metric"], "val/loss": "val/loss"},
-            parameter_columns=params, max_report_frequency=10, sort_by_metric=True,
-            max_progress_rows=12)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=s["metric"], mode=s["mode"],
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"]),
-                scheduler=scheduler, num_samples=s["num_samples"],
-                time_budget_s=s["time_budget"], trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=s["name"], storage_path=s["storage_path"], callbacks=callbacks,
-                progress_reporter=reporter, verbose=verbose,
-                failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
-                # local folders: Ray's checkpoints are small pointers, keep them all
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=None if exp is not None else 2)))
-    grid = tuner.fit()
-    return summarize(s, grid, exp, storage)
+        scheduler = FIFOScheduler()
+    callbacks = [ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset))
+                 ] if exp is not None else []
+    params = [n for n in space.names() if not n.startswith("temperature/")][:8]
+    reporter = tune.CLIReporter(
+        metric_columns={"epoch": "epoch", s.metric: s.metric, "val/loss": "val/loss"},
+        parameter_columns=params, max_report_frequency=10, sort_by_metric=True,
+        max_progress_rows=12)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
+            num_samples=s.num_samples, time_budget_s=s.time_budget,
+            trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=s.name, storage_path=s.storage_path, callbacks=callbacks,
+            progress_reporter=reporter, verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            # local folders: Ray's checkpoints are small pointers, keep them all
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp is not None else 2)))
 
 
-def summarize(s, grid, exp, storage) -> int:
+def summarize(s: SearchSettings, grid, exp, storage) -> int:
     """Print the final summary: trial counts, best config and metric, where the files are."""
     import yaml
 
@@ -427,10 +463,9 @@ def summarize(s, grid, exp, storage) -> int:
         print(f"  {k}: {cfg[k]}")
     print(f"files: {exp}/best_config.yaml, trials.parquet, trials.csv")
     print(f"  tensorboard --logdir {exp}")
-    if s.get("optuna_storage"):
-        print(f"  optuna-dashboard {s['optuna_storage']}")
-    print(f"  retrain: python -m monet.train --config {exp}/best_train_config.yaml "
-          f"--out runs/best")
+    if s.optuna_storage:
+        print(f"  optuna-dashboard {s.optuna_storage}")
+    print(f"  retrain: python -m monet.train --config {exp}/best_config.yaml --out runs/best")
     return 0
 
 

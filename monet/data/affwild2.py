@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monet.data.faces import (Records, build_bundle, carve_validation, check_subject_exclusive,
-                              data_seed, require_root)
+from monet.data.bundle import build_bundle
+from monet.data.faces import (FACE_FORMATS, FaceFormat, Records, carve_validation,
+                              check_subject_exclusive, data_seed, require_root)
 from monet.errors import DataError
+from monet.registry import DATASETS
 from monet.tasks import Task, TaskSpec
 
 AFFWILD2_AUS = (1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26)
@@ -127,6 +129,7 @@ def read_all(root) -> tuple:
     return Records.concat(list(read_splits(root))), root
 
 
+@DATASETS.register("affwild2")
 def load_affwild2(config):
     """The Aff-Wild2 multi-task :class:`~monet.data.base.DataBundle`."""
     root = require_root(config)
@@ -135,4 +138,9 @@ def load_affwild2(config):
     meta = dict(dataset="affwild2", expressions=list(EXPRESSIONS), aus=list(AFFWILD2_AUS),
                 val_subjects=sorted(set(val.subjects)), test="official validation set")
     return build_bundle("affwild2", spec(), {"train": train, "val": val, "test": test}, config,
-                        root, meta)
+                        root, IMAGE_DIRS, meta)
+
+
+IMAGE_DIRS = ("cropped_aligned", "images", "")
+FACE_FORMATS.register("affwild2")(FaceFormat(read_all=lambda root, layout="auto": read_all(root),
+                                             image_dirs=IMAGE_DIRS))

@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monet.data.faces import (Records, build_bundle, carve_validation, check_subject_exclusive,
-                              data_seed, require_root, where)
+from monet.data.bundle import build_bundle
+from monet.data.faces import (FACE_FORMATS, FaceFormat, Records, carve_validation,
+                              check_subject_exclusive, data_seed, require_root, where)
 from monet.errors import ConfigError, DataError
+from monet.registry import DATASETS
 from monet.tasks import Task, TaskSpec
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
@@ -271,4 +273,23 @@ def load_au(config, ds: str):
     meta = dict(dataset=ds, layout=layout, fold=int(config.fold), aus=list(AUS[ds]),
                 val_subjects=sorted(set(val.subjects)), test_subjects=sorted(set(test.subjects)))
     return build_bundle(ds, spec_for(ds), {"train": train, "val": val, "test": test}, config, root,
-                        meta)
+                        IMAGE_DIRS, meta)
+
+
+@DATASETS.register("bp4d")
+def load_bp4d(config):
+    """BP4D, 12 AUs, subject-exclusive 3-fold protocol (``config.fold`` is the test fold)."""
+    return load_au(config, "bp4d")
+
+
+@DATASETS.register("disfa")
+def load_disfa(config):
+    """DISFA, 8 AUs (intensity >= 2 positive), subject-exclusive 3-fold protocol."""
+    return load_au(config, "disfa")
+
+
+IMAGE_DIRS = ("img", "imgs", "images", "")
+for _ds in ("bp4d", "disfa"):
+    FACE_FORMATS.register(_ds)(FaceFormat(
+        read_all=lambda root, layout="auto", _ds=_ds: (read_all(root, _ds, layout), Path(root)),
+        image_dirs=IMAGE_DIRS))

@@ -43,6 +43,7 @@ from typing import Optional
 
 import numpy as np
 
+from monet.data.faces import FACE_FORMATS, Records, image_base, image_files, load_image
 from monet.errors import ConfigError, DataError, MonetError
 from monet.io import atomic_write_bytes, atomic_write_json
 
@@ -137,8 +138,6 @@ class FaceCache:
 
     def records_like(self, keys):
         """Minimal Records for ``keys`` (examples and benchmarks)."""
-        from monet.data.faces import Records
-
         z = np.zeros((len(keys), 0), np.float32)
         return Records(list(keys), z, z, list(keys), [(str(self.path / INDEX), 0)] * len(keys))
 
@@ -225,14 +224,13 @@ def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
         progress: show a progress bar.
         stop_after: stop after this many new images (to test resuming).
     """
-    from monet.data.faces import all_records, image_base, image_candidates, image_files, load_image
-
     size = int(size)
     if not 8 <= size <= 2048:
         raise ConfigError(f"--size: expected 8 to 2048 pixels, got {size}")
     out = Path(out)
-    rec, img_root = all_records(dataset, data_root, layout)
-    base = image_base(Path(img_root), rec, image_candidates(dataset))
+    fmt = FACE_FORMATS.get(dataset)
+    rec, img_root = fmt.read_all(data_root, layout)
+    base = image_base(Path(img_root), rec, fmt.image_dirs)
     files = image_files(rec, base)
     n = len(files)
     meta = {"format": FORMAT, "dataset": dataset, "data_root": str(Path(data_root).resolve()),

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from monet.data.faces import Records, build_bundle, find_file, require_root
+from monet.data.bundle import build_bundle
+from monet.data.faces import FACE_FORMATS, FaceFormat, Records, find_file, require_root
 from monet.errors import ConfigError, DataError
+from monet.registry import DATASETS
 from monet.tasks import Task, TaskSpec
 
 CELEBA_ATTRS = (
@@ -138,6 +140,7 @@ def read_all(root, attrs=CELEBA_ATTRS, with_partition: bool = False):
     return rec, root, part
 
 
+@DATASETS.register("celeba")
 def load_celeba(config):
     """The CelebA :class:`~monet.data.base.DataBundle` of ``config.subset``."""
     if config.subset not in SUBSETS:
@@ -152,5 +155,10 @@ def load_celeba(config):
             raise DataError(f"{root}: empty fold: no image in partition {p} ({name})")
         splits[name] = rec.take(idx)
     spec = TaskSpec(tuple(Task(a, "binary", 1, "attr") for a in attrs))
-    return build_bundle("celeba", spec, splits, config, root,
+    return build_bundle("celeba", spec, splits, config, root, IMAGE_DIRS,
                         dict(dataset="celeba", subset=config.subset, attributes=list(attrs)))
+
+
+IMAGE_DIRS = ("img_align_celeba", "Img/img_align_celeba", "")
+FACE_FORMATS.register("celeba")(FaceFormat(read_all=lambda root, layout="auto": read_all(root),
+                                           image_dirs=IMAGE_DIRS))

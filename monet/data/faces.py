@@ -1,4 +1,5 @@
-"""Face datasets: what BP4D, DISFA, CelebA and Aff-Wild2 share.
+"""Face datasets: what BP4D, DISFA, CelebA and Aff-Wild2 share. This module imports none of
+their loaders (``au``, ``celeba``, ``affwild2`` import from it).
 
 * :class:`Records`: the examples of a dataset read from its label files (image key as written in
   the files, labels, presence mask, subject, and the file/line each came from).
@@ -7,10 +8,8 @@
   decoded in ``num_workers`` threads) or from the uint8 face cache (``monet.data.cache``).
 * :func:`carve_validation`: the seeded, subject-exclusive validation split carved out of the
   training subjects (DESIGN.md §9: the search never sees test subjects).
-* :func:`build_bundle`: records -> :class:`~monet.data.base.DataBundle` with the image size of the
-  backbone (or of the cache) and a :class:`~monet.data.augment.FacePrepare`.
-* :func:`register`: called by ``monet.data`` to register ``bp4d``, ``disfa``, ``celeba`` and
-  ``affwild2``.
+* :data:`FACE_FORMATS`: each loader registers how to read every image of its dataset (the cache
+  builder's input); :func:`monet.data.bundle.build_bundle` turns records into a DataBundle.
 
 Example:
     >>> import tempfile, os
@@ -29,19 +28,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from monet.data.base import DataBundle
 from monet.errors import ConfigError, DataError
-from monet.tasks import TaskSpec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SIZE_ANY_BACKBONE = 64      # image size for backbones that take any size (tiny_cnn)
+from monet.registry import Registry
 
 
 # ---------------------------------------------------------------------------------- records
@@ -222,71 +216,6 @@ class FaceSplit(Dataset):
         return x, self.y[idx], self.mask[idx]
 
 
-# ---------------------------------------------------------------------------------- bundles
-def backbone_data(backbone: str) -> dict:
-    """Input size and mean/std the backbone expects (timm's pretrained config; ImageNet and
-    any size for monet's own encoders)."""
-    try:
-        from monet.models.backbones import backbone_data_config
-        return backbone_data_config(backbone)
-    except (ImportError, ConfigError):
-        return {"input_size": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-
-
-def resolve_image_size(config, cache_size: Optional[int]) -> int:
-    """``config.image_size``, else the cache's size, else the backbone's default input size
-    (64 px for backbones that take any size)."""
-    if config.image_size is not None:
-        size = int(config.image_size)
-        if size < 8:
-            raise ConfigError(f"image_size: expected >= 8 pixels, got {size}")
-        if cache_size is not None and size != cache_size:
-            raise ConfigError(f"image_size: {size} px but the cache {config.cache} holds "
-                              f"{cache_size} px images; build a cache at {size} px or drop --image-size")
-        return size
-    if cache_size is not None:
-        return int(cache_size)
-    inp = backbone_data(config.backbone).get("input_size")
-    return int(inp[-1]) if inp else SIZE_ANY_BACKBONE
-
-
-def build_bundle(name: str, spec: TaskSpec, splits: dict, config, image_root: Path,
-                 meta: Optional[dict] = None) -> DataBundle:
-    """Turn ``{"train": Records, "val": ..., "test": ...}`` into a :class:`DataBundle`.
-
-    Images come from ``config.cache`` when set (every key must be in the cache), else from files
-    under ``image_root`` (each must exist; the first missing one is an error naming its list file
-    and line).
-    """
-    from monet.data.augment import FacePrepare
-
-    for split, rec in splits.items():
-        if len(rec) == 0:
-            raise DataError(f"{name}: the {split} split is empty")
-    cache = None
-    if config.cache:
-        from monet.data.cache import FaceCache
-        cache = FaceCache.open(config.cache)
-    size = resolve_image_size(config, cache.size if cache else None)
-    out, base = {}, None
-    for split, rec in splits.items():
-        if cache is not None:
-            source = cache.source(rec)
-        else:
-            base = base or image_base(Path(image_root), rec, image_candidates(name))
-            source = FolderSource(image_files(rec, base), size, threads=int(config.num_workers))
-        out[split] = FaceSplit(rec, source)
-    norm = backbone_data(config.backbone)
-    prepare = FacePrepare(norm["mean"], norm["std"], augment=bool(config.augment))
-    meta = dict(meta or {})
-    meta.update(data_root=str(config.data_root), image_size=size,
-                images="cache" if cache else str(base), cache=str(config.cache) if cache else None,
-                sizes={k: len(v) for k, v in splits.items()},
-                subjects={k: len(v.subject_set()) for k, v in splits.items()})
-    return DataBundle(name=name, spec=spec, train=out["train"], val=out["val"], test=out["test"],
-                      input_shape=(3, size, size), meta=meta, prepare=prepare)
-
-
 def data_seed(config) -> int:
     return int(config.data_seed if config.data_seed is not None else config.seed)
 
@@ -300,55 +229,19 @@ def require_root(config) -> Path:
     return root
 
 
-# ---------------------------------------------------------------------------------- registry
-def _bp4d(config):
-    from monet.data.au import load_au
-    return load_au(config, "bp4d")
+# ---------------------------------------------------------------------------------- formats
+@dataclass(frozen=True)
+class FaceFormat:
+    """What the cache builder needs to know of a face dataset's on-disk format.
+
+    Attributes:
+        read_all: ``read_all(root, layout) -> (Records, image_root)``: every image once.
+        image_dirs: folders under the image root the keys may be relative to, in search order.
+    """
+
+    read_all: Callable
+    image_dirs: tuple
 
 
-def _disfa(config):
-    from monet.data.au import load_au
-    return load_au(config, "disfa")
-
-
-def _celeba(config):
-    from monet.data.celeba import load_celeba
-    return load_celeba(config)
-
-
-def _affwild2(config):
-    from monet.data.affwild2 import load_affwild2
-    return load_affwild2(config)
-
-
-LOADERS = {"bp4d": _bp4d, "disfa": _disfa, "celeba": _celeba, "affwild2": _affwild2}
-
-
-def all_records(dataset: str, root, layout: str = "auto") -> tuple:
-    """Every example of a dataset (all folds / partitions) as ``(Records, image_root)``; the cache
-    builder decodes these."""
-    root = Path(root)
-    if dataset in ("bp4d", "disfa"):
-        from monet.data.au import read_all
-        return read_all(root, dataset, layout), root
-    if dataset == "celeba":
-        from monet.data.celeba import read_all
-        return read_all(root)
-    if dataset == "affwild2":
-        from monet.data.affwild2 import read_all
-        return read_all(root)
-    raise ConfigError(f"dataset: expected one of {sorted(LOADERS)}, got {dataset!r}")
-
-
-def image_candidates(dataset: str) -> tuple:
-    if dataset == "celeba":
-        return ("img_align_celeba", "Img/img_align_celeba", "")
-    if dataset == "affwild2":
-        return ("cropped_aligned", "images", "")
-    return ("img", "imgs", "images", "")
-
-
-def register(register_dataset) -> None:
-    """Register the face datasets with ``monet.data`` (called by ``monet.data`` at import)."""
-    for name, fn in LOADERS.items():
-        register_dataset(name)(fn)
+# Registered by each face loader module where it is defined (au, celeba, affwild2).
+FACE_FORMATS = Registry("face dataset", field="dataset")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from monet.data.base import DataBundle, TensorSplit
-from monet.errors import DataError
+from monet.errors import ConfigError, DataError
+from monet.registry import DATASETS
 from monet.tasks import TaskSpec
 
 SPLITS = ("train", "val", "test")
@@ -107,3 +108,11 @@ def load_tabular(path, label_columns: Optional[Sequence[str]] = None,
                                torch.tensor(y[m].astype(np.float32)))
     return DataBundle(name="tabular", spec=TaskSpec.binary(labels), input_shape=(x.shape[1],),
                       meta=dict(path=str(path)), **parts)
+
+
+@DATASETS.register("tabular")
+def load_tabular_config(config) -> DataBundle:
+    """``config.data_root`` (a .csv or .npz file) as a DataBundle; random splits from ``data_seed``."""
+    if not config.data_root:
+        raise ConfigError("data_root: the tabular dataset needs --data-root FILE.csv|FILE.npz")
+    return load_tabular(config.data_root, seed=config.data_seed if config.data_seed is not None else 0)

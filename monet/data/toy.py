@@ -23,6 +23,7 @@ import torch
 
 from monet.data.base import DataBundle, TensorSplit
 from monet.errors import ConfigError
+from monet.registry import DATASETS
 from monet.tasks import TaskSpec
 
 READINGS = ("bits", "printed")
@@ -75,6 +76,13 @@ def to_frame(bundle: DataBundle):
         df["split"] = split
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+@DATASETS.register("toy")
+def load_toy(config) -> DataBundle:
+    """The toy dataset of ``config`` (T, reading, sizes; drawn from ``data_seed``, else ``seed``)."""
+    seed = config.data_seed if config.data_seed is not None else config.seed
+    return make_toy(config.T, config.reading, seed, config.n_train, config.n_val, config.n_test)
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,7 @@
-"""Image backbones for the shared encoder f_W: a tiny CNN for tests and CPU demos, and any timm
-model by name (``inception_v3`` as in the MONET BP4D setup, ``resnet50``, ``efficientnet_b0``, ...).
+"""timm image backbones for the shared encoder f_W, and weights from a local file: any timm model
+by name (``inception_v3`` as in the MONET BP4D setup, ``resnet50``, ``efficientnet_b0``, ...).
+This module imports nothing from ``monet.models``; the monet encoders (``mlp``, ``tiny_cnn``) live
+in :mod:`monet.models.encoders`, which falls back to this module for every other name.
 
 timm backbones are always built with ``pretrained=False`` and ``num_classes=0`` (pooled features);
 nothing is ever downloaded. Pretrained weights come from a local file the user names
@@ -8,9 +10,9 @@ nothing is ever downloaded. Pretrained weights come from a local file the user n
 
 Example:
     >>> import torch
-    >>> enc, dim = create_backbone("tiny_cnn", (3, 32, 32))
+    >>> enc, dim = create_backbone("resnet18", (3, 32, 32))
     >>> enc(torch.zeros(2, 3, 32, 32)).shape, dim
-    (torch.Size([2, 64]), 64)
+    (torch.Size([2, 512]), 512)
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ import torch
 from torch import nn
 
 from monet.errors import ConfigError
-from monet.models.encoders import _ENCODERS, register_encoder
 
 _logger = logging.getLogger(__name__)
 
+# timm's own constants (timm.data.IMAGENET_DEFAULT_MEAN / _STD), written out so that importing this
+# module does not import timm before the hub is switched off (see _timm).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _IGNORED = ("layers", "width")     # MLP-encoder settings create_model passes to every encoder
@@ -41,59 +44,12 @@ def _timm():
     return timm
 
 
-def _image_shape(name: str, input_shape: Sequence[int]) -> tuple:
+def image_shape(name: str, input_shape: Sequence[int]) -> tuple:
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3:
         raise ConfigError(f"backbone: {name!r} needs image input (C, H, W), got input shape {shape}; "
                           "use backbone 'mlp' for vector input")
     return shape
-
-
-# ---------------------------------------------------------------------------------------------
-# tiny_cnn
-# ---------------------------------------------------------------------------------------------
-
-class TinyCNN(nn.Module):
-    """Four conv (3x3, stride 2) -> BN -> ReLU blocks and a global average pool.
-
-    Args:
-        in_chans: input channels.
-        width: output feature size (channels of the last block); earlier blocks have 16, 32, 64.
-    """
-
-    def __init__(self, in_chans: int = 3, width: int = 64):
-        super().__init__()
-        chans, blocks, c = (16, 32, 64, int(width)), [], int(in_chans)
-        for co in chans:
-            blocks += [nn.Conv2d(c, co, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(co),
-                       nn.ReLU(inplace=True)]
-            c = co
-        self.features = nn.Sequential(*blocks)
-        self.out_dim = c
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, width]
-        return self.features(x).mean(dim=(2, 3))
-
-
-@register_encoder("tiny_cnn")
-def tiny_cnn(input_shape, pretrained: Optional[str] = None, width: int = 64, **_):
-    """A small fast CNN encoder: ``(module, out_dim)`` with ``out_dim == width``.
-
-    Args:
-        input_shape: ``(C, H, W)``.
-        pretrained: optional local weights file (state dict) for this module.
-        width: output feature size (default 64). Other keywords (``layers``) are ignored.
-
-    Example:
-        >>> enc, dim = tiny_cnn((1, 16, 16), width=32)
-        >>> dim
-        32
-    """
-    c, _, _ = _image_shape("tiny_cnn", input_shape)
-    enc = TinyCNN(c, width)
-    if pretrained:
-        load_weights(enc, pretrained, name="tiny_cnn")
-    return enc, enc.out_dim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,19 +129,20 @@ def load_weights(module: nn.Module, path: str, name: str = "backbone") -> dict:
 # timm backbones
 # ---------------------------------------------------------------------------------------------
 
-def _unknown(name: str) -> ConfigError:
+def _unknown(name: str, own: Sequence[str] = ()) -> ConfigError:
     stem = name.split(".")[0].split("_")[0][:12]
     return ConfigError(f"backbone: unknown backbone {name!r}: not a monet encoder "
-                       f"({', '.join(sorted(_ENCODERS))}) nor a timm model; list timm names with "
+                       f"({', '.join(sorted(own))}) nor a timm model; list timm names with "
                        f"timm.list_models('*{stem}*') (e.g. 'inception_v3', 'resnet50', "
                        "'efficientnet_b0')")
 
 
-def create_backbone(name: str, input_shape, pretrained: Optional[str] = None, **kw):
-    """Build image backbone ``name`` and return ``(module, out_dim)``; the module maps
+def create_backbone(name: str, input_shape, pretrained: Optional[str] = None,
+                    known: Sequence[str] = (), **kw):
+    """Build timm backbone ``name`` and return ``(module, out_dim)``; the module maps
     ``[B, C, H, W]`` to pooled features ``[B, out_dim]``.
 
-    ``name`` is a monet encoder (``tiny_cnn``) or any timm model name, built with
+    ``name`` is any timm model name, built with
     ``pretrained=False, num_classes=0`` and ``in_chans=C`` (models with a fixed input size, such as
     ViTs, also get ``img_size=(H, W)``). The backbone runs once on a zero image of
     ``input_shape`` so that a size the model cannot take fails here, with its name.
@@ -194,6 +151,7 @@ def create_backbone(name: str, input_shape, pretrained: Optional[str] = None, **
         name: encoder or timm model name (a pretrained tag like ``.tv_in1k`` is allowed).
         input_shape: ``(C, H, W)``.
         pretrained: local weights file (see :func:`load_weights`); never downloaded.
+        known: the monet encoder names, listed in the error for an unknown name.
         **kw: extra timm ``create_model`` keywords (``drop_rate``, ...); ``layers`` and ``width``
             (MLP-encoder settings) are ignored for timm models.
 
@@ -209,12 +167,10 @@ def create_backbone(name: str, input_shape, pretrained: Optional[str] = None, **
         >>> dim
         512
     """
-    if name in _ENCODERS:
-        return _ENCODERS[name](tuple(input_shape), pretrained=pretrained, **kw)
     timm = _timm()
     if not timm.is_model(name):
-        raise _unknown(name)
-    shape = _image_shape(name, input_shape)
+        raise _unknown(name, known)
+    shape = image_shape(name, input_shape)
     if pretrained:
         _weights_file(pretrained, name)
     kw = {k: v for k, v in kw.items() if k not in _IGNORED}
@@ -257,30 +213,25 @@ def _default_size(name: str):
     return None if cfg is None else tuple(cfg.input_size)
 
 
-def backbone_data_config(name: str) -> dict:
-    """Input size and normalisation a backbone expects, from timm's pretrained config (no
+def backbone_data_config(name: str, known: Sequence[str] = ()) -> dict:
+    """Input size and normalisation a timm backbone expects, from timm's pretrained config (no
     weights needed, nothing built).
 
     Args:
-        name: ``tiny_cnn`` (or another monet encoder) or a timm model name.
+        name: a timm model name.
+        known: the monet encoder names, listed in the error for an unknown name.
 
     Returns:
-        ``{"input_size": (C, H, W) or None, "mean": (...), "std": (...), "interpolation": str,
-        "crop_pct": float}``; monet encoders get ImageNet mean/std and ``input_size=None`` (any
-        size).
+        ``{"input_size": (C, H, W), "mean": (...), "std": (...), "interpolation": str,
+        "crop_pct": float}``.
 
     Example:
         >>> backbone_data_config("inception_v3")["input_size"]
         (3, 299, 299)
-        >>> backbone_data_config("tiny_cnn")["input_size"] is None
-        True
     """
-    if name in _ENCODERS:
-        return {"input_size": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                "interpolation": "bilinear", "crop_pct": 1.0}
     timm = _timm()
     if not timm.is_model(name):
-        raise _unknown(name)
+        raise _unknown(name, known)
     from timm.data import resolve_data_config
     cfg = timm.models.get_pretrained_cfg(name)
     dc = resolve_data_config(args={}, pretrained_cfg=cfg.to_dict() if cfg is not None else None,

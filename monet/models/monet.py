@@ -37,6 +37,8 @@ from torch import nn
 
 from monet.errors import ConfigError
 from monet.models.base import ModelOutput, MultiTaskModel
+from monet.models.encoders import encoder_from_config
+from monet.registry import FAMILIES
 from monet.tasks import TaskSpec
 
 # Enumerate all permutations when T! is at most this; above it, rejection-sample distinct ones.
@@ -122,8 +124,6 @@ class MultiOrderNet(MultiTaskModel):
         L: default number of inference trajectories.
         seed: seed of the random orders.
     """
-
-    family = "monet"
 
     def __init__(self, encoder: nn.Module, enc_dim: int, spec: TaskSpec, hidden: int = 64,
                  M: int = 120, k: Optional[int] = None, orders: Optional[torch.Tensor] = None,
@@ -368,3 +368,45 @@ class MultiOrderNet(MultiTaskModel):
             fb[rows, task] = sign
         out = probs.view(B, L, T).mean(1)
         return (out, s.view(B, L)) if return_orders else out
+
+
+# ---------------------------------------------------------------------------------- factories
+def order_from_config(config, T: int) -> Optional[torch.Tensor]:
+    """``config.order`` as a ``[1, T]`` tensor (None when unset); checked to be a permutation."""
+    if config.order is None:
+        return None
+    order = [int(v) for v in config.order]
+    if sorted(order) != list(range(T)):
+        raise ConfigError(f"order: expected a permutation of 0..{T - 1}, got {config.order}")
+    return torch.tensor([order])
+
+
+def _sequential(config, spec: TaskSpec, input_shape, **kw) -> MultiOrderNet:
+    enc, dim = encoder_from_config(config, input_shape)
+    return MultiOrderNet(enc, dim, spec, hidden=config.hidden, feedback=config.feedback,
+                         feedback_embed=config.feedback_embed, L=config.L, seed=config.seed, **kw)
+
+
+@FAMILIES.register("monet")
+def monet(config, spec: TaskSpec, input_shape) -> MultiOrderNet:
+    """MONET: task-wise GRU cells, M seeded orders, k kept per example, learned order logits."""
+    return _sequential(config, spec, input_shape, M=config.M, k=config.k,
+                       orders=order_from_config(config, spec.T))
+
+
+@FAMILIES.register("oracle")
+def oracle(config, spec: TaskSpec, input_shape) -> MultiOrderNet:
+    """MONET with M = 1 and a given order (``config.order``, the identity by default)."""
+    orders = order_from_config(config, spec.T)
+    if orders is None:
+        orders = torch.arange(spec.T)[None]
+    return _sequential(config, spec, input_shape, orders=orders)
+
+
+@FAMILIES.register("mrnn")
+def mrnn(config, spec: TaskSpec, input_shape) -> MultiOrderNet:
+    """MRNN: one shared GRU cell over one order (``config.order``, else seeded random)."""
+    orders = order_from_config(config, spec.T)
+    if orders is None:
+        orders = random_orders(spec.T, 1, config.seed)
+    return _sequential(config, spec, input_shape, orders=orders, shared_cell=True)

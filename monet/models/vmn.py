@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from monet.models.base import ModelOutput, MultiTaskModel
+from monet.models.encoders import encoder_from_config
+from monet.registry import FAMILIES
 from monet.tasks import TaskSpec
 
 
@@ -90,3 +92,17 @@ class VMN(MultiTaskModel):
     @torch.no_grad()
     def predict(self, x, L=None, generator=None):
         return self.activate(self.logits(x))
+
+
+@FAMILIES.register("vmnc")
+def vmnc(config, spec: TaskSpec, input_shape) -> VMN:
+    """VMNC: the shared encoder and one common head."""
+    enc, dim = encoder_from_config(config, input_shape)
+    return VMN(enc, dim, spec, separate=False, head_width=config.head_width, dropout=config.dropout)
+
+
+@FAMILIES.register("vmns")
+def vmns(config, spec: TaskSpec, input_shape) -> VMN:
+    """VMNS: the shared encoder and one head per task."""
+    enc, dim = encoder_from_config(config, input_shape)
+    return VMN(enc, dim, spec, separate=True, head_width=config.head_width, dropout=config.dropout)

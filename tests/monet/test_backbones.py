@@ -10,7 +10,7 @@ import torch
 
 from monet.errors import ConfigError
 from monet.models.backbones import backbone_data_config, create_backbone, load_weights
-from monet.models.encoders import create_encoder
+from monet.models.encoders import create_encoder, encoder_data_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +28,9 @@ def _no_download(monkeypatch):
 
 # ------------------------------------------------------------------------------------ tiny_cnn
 def test_importing_encoders_registers_tiny_cnn():
-    code = ("from monet.models.encoders import _ENCODERS; "
-            "assert 'tiny_cnn' in _ENCODERS, sorted(_ENCODERS); "
+    code = ("from monet.models.encoders import create_encoder; "
+            "from monet.registry import ENCODERS; "
+            "assert {'mlp', 'tiny_cnn'} <= set(ENCODERS.names()), ENCODERS.names(); "
             "import sys; assert 'timm' not in sys.modules, 'timm imported eagerly'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -73,11 +74,11 @@ def test_timm_backbone_offline_out_dim_and_forward():
 @pytest.mark.parametrize("name,shape", [("tiny_cnn", (3, 16, 16)), ("resnet18", (3, 32, 32))])
 def test_state_dict_file_reproduces_weights(tmp_path, name, shape):
     torch.manual_seed(0)
-    src, _ = create_backbone(name, shape)
+    src, _ = create_encoder(name, shape)
     f = tmp_path / f"{name}.pth"
     torch.save(src.state_dict(), f)
     torch.manual_seed(123)
-    dst, _ = create_backbone(name, shape, pretrained=str(f))
+    dst, _ = create_encoder(name, shape, pretrained=str(f))
     sd, dd = src.state_dict(), dst.state_dict()
     assert sd.keys() == dd.keys()
     assert all(torch.equal(sd[k], dd[k]) for k in sd)
@@ -114,11 +115,11 @@ def test_weights_file_that_does_not_fit(tmp_path):
     f = tmp_path / "other.pth"
     torch.save({"foo.weight": torch.zeros(3)}, f)
     with pytest.raises(ConfigError, match="shares no parameter name"):
-        create_backbone("tiny_cnn", (3, 16, 16), pretrained=str(f))
+        create_encoder("tiny_cnn", (3, 16, 16), pretrained=str(f))
     g = tmp_path / "wrong_shape.pth"
     torch.save({"features.0.weight": torch.zeros(16, 3, 5, 5)}, g)
     with pytest.raises(ConfigError, match="shape mismatch"):
-        create_backbone("tiny_cnn", (3, 16, 16), pretrained=str(g))
+        create_encoder("tiny_cnn", (3, 16, 16), pretrained=str(g))
 
 
 def test_unknown_name_and_missing_file_and_non_image():
@@ -143,8 +144,9 @@ def test_backbone_data_config():
     assert r50["input_size"] == (3, 224, 224)
     assert r50["mean"] == pytest.approx((0.485, 0.456, 0.406))
     assert r50["std"] == pytest.approx((0.229, 0.224, 0.225))
-    tiny = backbone_data_config("tiny_cnn")
+    tiny = encoder_data_config("tiny_cnn")
     assert tiny["input_size"] is None
     assert tiny["mean"] == pytest.approx((0.485, 0.456, 0.406))
-    with pytest.raises(ConfigError, match="unknown backbone"):
-        backbone_data_config("not_a_model_at_all")
+    assert encoder_data_config("inception_v3") == inc
+    with pytest.raises(ConfigError, match="unknown backbone.*tiny_cnn"):
+        encoder_data_config("not_a_model_at_all")

@@ -18,11 +18,13 @@ from search import tune_monet
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def search(tmp_path, name, *args):
-    db = f"sqlite:///{tmp_path / (name + '.db')}"
+def search(tmp_path, name, *args, own_db=True):
+    """Run a search; ``own_db=False`` leaves the study where the search keeps it by default."""
+    db = f"sqlite:///{tmp_path / (name + '.db')}" if own_db else None
     rc = tune_monet.run(TINY + ["--storage-path", str(tmp_path), "--name", name,
-                                "--optuna-storage", db, "--verbose", "0", *args])
+                                *(["--optuna-storage", db] if db else []), "--verbose", "0", *args])
     exp = tmp_path / name
+    db = db or f"sqlite:///{exp / 'study.db'}"
     study = optuna.load_study(study_name=name, storage=db)
     return rc, exp, pd.read_parquet(exp / "trials.parquet"), study
 
@@ -111,8 +113,20 @@ def test_monet_trials_log_pi_histogram_and_omega_image(ray_local, tmp_path):
     space.write_text("M: {low: 2, high: 6}\nL: 4\nwarmup: 0.0\n")
     rc, exp, df, study = search(
         tmp_path, "monet", "--family", "monet", "--space", str(space), "--num-samples", "2",
-        "--max-epochs", "1", "--scheduler", "fifo")
+        "--max-epochs", "1", "--scheduler", "fifo", own_db=False)
     assert rc == 0 and len(df) == 2
+    # the study lives in the experiment folder by default, recorded in config.yaml
+    saved = yaml.safe_load((exp / "config.yaml").read_text())["search"]
+    assert saved["optuna_storage"] == f"sqlite:///{exp / 'study.db'}"
+    assert len(study.trials) == 2
+    # best_config.yaml is a config monet.train takes as it is
+    from monet.train import main as train_main
+    assert train_main(["--config", str(exp / "best_config.yaml"), "--epochs", "0.5",
+                       "--out", str(tmp_path / "retrained"), "--quiet"]) == 0
+    re = yaml.safe_load((tmp_path / "retrained" / "config.yaml").read_text())
+    best = yaml.safe_load((exp / "best_config.yaml").read_text())
+    assert {k: v for k, v in re.items() if k not in ("epochs", "test_at_end")} == {
+        k: v for k, v in best["config"].items() if k not in ("epochs", "test_at_end")}
     assert (df["config/k"] <= df["config/M"]).all()
     d = exp / df["trial_dir"][0].rsplit("/", 1)[-1]
     tags = read_events(next((d / "events").glob("events.out.tfevents.*")))

@@ -1,0 +1,162 @@
+"""The search's settings, resolved once from the flags: :class:`SearchSettings` (what
+``config.yaml`` records under ``search``), :class:`TrialRuntime` (per-trial settings handed to
+the trainable with ``tune.with_parameters``, never inside the searched config) and
+:data:`DATA_FLAGS`, the one table of data flags from which the parser, the space file's
+forbidden keys and every trial's fixed TrainConfig fields are built.
+
+Example:
+    >>> s = SearchSettings.from_dict({"dataset": "toy", "families": ["vmnc"], "metric": "val/mean_acc"})
+    >>> s.mode, s.scheduler
+    ('max', 'asha')
+    >>> SearchSettings.from_dict({"datset": "toy"})
+    Traceback (most recent call last):
+    ...
+    monet.errors.ConfigError: search settings: unknown field(s) ['datset']
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from monet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataFlag:
+    """A TrainConfig field the search takes as a flag (``--<field with dashes>``)."""
+
+    field: str
+    type: type
+    help: str
+    searchable: bool = False    # a space file may search it too (the flag then sets the default)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+def _bool(s: str) -> bool:
+    if str(s).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(s).lower() in ("0", "false", "no", "off"):
+        return False
+    import argparse
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+# The data flags: fixed for every trial of a search, set by flags only (a space file may not).
+DATA_FLAGS = (
+    DataFlag("T", int, "toy: number of tasks (default 5)"),
+    DataFlag("reading", str, "toy: bits | printed"),
+    DataFlag("n_train", int, "toy: training examples (default 500)"),
+    DataFlag("n_val", int, "toy: validation examples (default 250)"),
+    DataFlag("n_test", int, "toy: test examples (default 250)"),
+    DataFlag("data_seed", int, "seed of the toy draw / the validation subjects (default: --seed)"),
+    DataFlag("data_root", str, "face data folder or tabular file"),
+    DataFlag("fold", int, "face data: test fold of the 3-fold protocol (1..3)"),
+    DataFlag("val_subjects", float, "face data: share of training subjects held out for validation"),
+    DataFlag("layout", str, "BP4D/DISFA list layout: auto | graphau | jaanet | raw"),
+    DataFlag("subset", str, "celeba attribute subset"),
+    DataFlag("cache", str, "face data: folder of the uint8 face cache"),
+    DataFlag("image_size", int, "face data: input size (default: the backbone's)"),
+    DataFlag("backbone", str, "encoder: auto (mlp for vectors, inception_v3 for faces), mlp, "
+                              "tiny_cnn or any timm name"),
+    DataFlag("pretrained", str, "local weights file for the backbone (never downloaded)"),
+    DataFlag("augment", _bool, "face data: flip + small rotation/zoom (true/false)",
+             searchable=True),
+)
+
+# TrainConfig fields the search owns through other flags or always sets itself.
+SEARCH_OWNED = {
+    "dataset": "--dataset", "family": "--family", "epochs": "--max-epochs",
+    "eval_every": "--eval-every", "seed": "--seed", "device": "--gpus-per-trial",
+    "test_at_end": "(never in a search)", "tensorboard": "(always on in a search)",
+    "checkpoint_every": "(every round in a search)",
+}
+
+
+def flag_owned_fields() -> dict:
+    """TrainConfig field -> the flag that sets it (a space file may not set these)."""
+    return {**{f.field: f.flag for f in DATA_FLAGS if not f.searchable}, **SEARCH_OWNED}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a search was asked for, after defaults (saved as ``config.yaml: search``)."""
+
+    dataset: str = "toy"
+    families: tuple = ("monet",)      # model families searched ('family' flag 'all': several)
+    family: str = "monet"             # the --family flag as given ('all' or one family)
+    space: Optional[str] = None       # the --space file
+    metric: str = "val/mean_acc"
+    mode: str = "max"
+    num_samples: int = 16
+    max_epochs: float = 30.0          # ASHA's max_t, in epochs
+    eval_every: float = 1.0           # one evaluation round, in epochs: ASHA's clock
+    grace_period: float = 3.0
+    reduction_factor: float = 3.0
+    scheduler: str = "asha"           # asha | fifo
+    sampler: str = "tpe"              # tpe | random
+    n_startup_trials: int = 4
+    max_concurrent: Optional[int] = None  # None: what the cluster's CPUs/GPUs allow
+    time_budget: Optional[float] = None
+    seed: int = 0
+    optuna_storage: Optional[str] = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 0
+    storage_path: str = "results"
+    name: str = "search"
+    inject_fault: Optional[str] = None
+
+    def __post_init__(self):
+        if self.mode not in ("max", "min"):
+            raise ConfigError(f"search settings: mode {self.mode!r}; expected 'max' or 'min'")
+        object.__setattr__(self, "families", tuple(self.families))
+
+    @classmethod
+    def fields(cls) -> list:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "search settings") -> "SearchSettings":
+        """Build from a dict (a saved ``config.yaml``); an unknown key is an error naming it."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(cls.fields()))
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}")
+        d = dict(d)
+        if "mode" not in d and "metric" in d:
+            d["mode"] = "min" if str(d["metric"]).endswith("loss") else "max"
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["families"] = list(self.families)
+        return d
+
+    def replace(self, **kw) -> "SearchSettings":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def is_remote(self) -> bool:
+        """Results go to object storage (``s3://``, ``gs://``, ...), not a local folder."""
+        return "://" in self.storage_path
+
+
+@dataclass(frozen=True)
+class TrialRuntime:
+    """Per-trial settings that are not hyperparameters, handed to the trainable with
+    ``tune.with_parameters`` (never inside the searched config).
+
+    Attributes:
+        threads: torch threads of a trial (its CPU share).
+        fault: parsed ``--inject-fault`` (drills and tests) or None.
+        exp_dir: the local experiment folder (trial files are written straight there), or None.
+    """
+
+    threads: int = 1
+    fault: Optional[dict] = None
+    exp_dir: Optional[str] = None
