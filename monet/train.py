@@ -281,7 +281,7 @@ def save_checkpoint(path, model, optim: Optimizers, gen: torch.Generator, progre
 
 def restore_checkpoint(path, model, optim: Optimizers, gen: torch.Generator) -> dict:
     """Load ``path`` (file or folder) into the model, optimizers and RNGs; returns the progress
-    ``{"step", "round", "best"}``."""
+    ``{"step", "round", "best", "last"}`` (``last``: the metrics of the last round)."""
     ck = load_checkpoint(path)
     model.load_state_dict(ck["model"])
     optim.main.load_state_dict(ck["opt"])
@@ -290,7 +290,8 @@ def restore_checkpoint(path, model, optim: Optimizers, gen: torch.Generator) -> 
         optim.order.load_state_dict(ck["opt_u"])
     torch.set_rng_state(ck["rng"]["torch"])
     gen.set_state(ck["rng"]["gen"])
-    return {"step": int(ck["step"]), "round": int(ck["round"]), "best": ck.get("best")}
+    return {"step": int(ck["step"]), "round": int(ck["round"]), "best": ck.get("best"),
+            "last": ck.get("last") or {}}
 
 
 def load_checkpoint(path) -> dict:
@@ -404,9 +405,9 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
         if resume_from is not None:
             progress = restore_checkpoint(resume_from, model, optim, gen)
         else:
-            progress = {"step": 0, "round": 0, "best": None}
+            progress = {"step": 0, "round": 0, "best": None, "last": {}}
             torch.manual_seed(int(c.seed) + 2)
-        step, last, train_seconds = progress["step"], {}, 0.0
+        step, last, train_seconds = progress["step"], progress["last"], 0.0
         while step < plan.total_steps:
             t0 = time.perf_counter()
             step, train_metrics = train_round(model, data, c, plan, optim, weights, gen, step, device)
@@ -420,7 +421,7 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
                     "time/eval_s": time.perf_counter() - t1}
             if progress["best"] is None or last["val/loss"] < progress["best"]["val/loss"]:
                 progress["best"] = dict(last)
-            progress["step"] = step
+            progress["step"], progress["last"] = step, last
             wrote = progress["round"] % int(c.checkpoint_every) == 0 or step >= plan.total_steps
             if wrote:
                 save_checkpoint(folder.checkpoint_file, model, optim, gen, progress, c, data.spec)

@@ -24,7 +24,7 @@ from ray.tune.utils import flatten_dict
 
 import monet
 from monet.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml
-from search.spaces import trial_to_train_config
+from search.spaces import WARM_START_KEY, trial_to_train_config
 
 LAST_KEYS = ("train/loss", "val/loss", "val/mean_acc", "val/mean_f1", "order/dist_to_identity")
 
@@ -58,6 +58,7 @@ def trial_row(trial, metric: str, mode: str, family: Optional[str] = None) -> di
     row["node_id"] = last.get("node_id")
     row["error"] = _error_line(trial)
     row["trial_dir"] = _trial_path(trial)
+    row["warm_start"] = cfg.get(WARM_START_KEY) or None
     for k, v in cfg.items():
         row[f"config/{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
     return row
@@ -112,6 +113,8 @@ class ExperimentFiles:
 
     def write(self, trials) -> Optional[dict]:
         rows = [trial_row(t, self.metric, self.mode, self.base.get("family")) for t in trials]
+        rows.sort(key=lambda r: (r.get("config/optuna_trial") is None,   # in the study's order
+                                 r.get("config/optuna_trial") or 0))
         df = pd.DataFrame(rows)
         if len(df):
             buf = io.BytesIO()

@@ -31,6 +31,7 @@ from typing import Optional
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from monet.errors import ConfigError
@@ -65,9 +66,11 @@ class BudgetHonestOptunaSearch(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
+        self._ensure_study()
         return self._ot_study
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._ensure_study()
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         if _finite(result.get(BUDGET_KEY)):
@@ -86,6 +89,7 @@ class BudgetHonestOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None,
                           error: bool = False) -> None:
+        self._ensure_study()
         if trial_id in self._completed_trials:
             return
         if trial_id not in self._ot_trials:
@@ -99,6 +103,9 @@ class BudgetHonestOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         if error:
             state, value, reason = TrialState.FAIL, None, "error"
+        elif value is None and self._steps.get(trial_id):
+            # ended with no final result after intermediate reports: stopped, not failed
+            state, value, reason = TrialState.PRUNED, None, "no final result"
         elif not _finite(value):
             state, value, reason = TrialState.FAIL, None, "no finite metric"
         elif _finite(budget) and budget >= 1.0 - 1e-9:
@@ -120,12 +127,72 @@ class BudgetHonestOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+    def enqueue(self, params: dict, user_attrs: Optional[dict] = None) -> None:
+        """Make ``params`` the next configuration the study asks for (warm start)."""
+        self._ot_study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
+
+    # ------------------------------------------------------------------ saving
+    # A persistent study (sqlite, journal) is not pickled with the searcher: Ray's searcher
+    # state and tuner.pkl keep the study's name, the sampler (with its random state) and the
+    # trial ids; restore() re-opens the study in the storage of the experiment being resumed,
+    # which may be a copy of the folder that saved it.
+    def _portable(self, d: dict) -> dict:
+        if self._ot_study is None or isinstance(self._storage, (type(None),
+                                                                 optuna.storages.InMemoryStorage)):
+            return d
+        d = dict(d)
+        d["_study_name_saved"] = self._ot_study.study_name
+        d["_sampler"] = self._ot_study.sampler
+        d["_trial_ids_saved"] = {rid: t._trial_id for rid, t in self._ot_trials.items()}
+        d["_ot_study"], d["_storage"], d["_ot_trials"] = None, None, {}
+        return d
+
+    def __getstate__(self) -> dict:
+        return self._portable(self.__dict__)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self._portable(self.__dict__.copy()), f)
+
+    def _reopen(self, storage) -> None:
+        """Open the saved study in ``storage`` (with the saved sampler) and its trials."""
+        name = getattr(self, "_study_name_saved", None) or self._study_name
+        self._storage = storage
+        self._ot_study = optuna.load_study(study_name=name, storage=storage, sampler=self._sampler,
+                                           pruner=optuna.pruners.NopPruner())
+        ids = getattr(self, "_trial_ids_saved", None)
+        if ids is None:
+            ids = {rid: t._trial_id for rid, t in self._ot_trials.items()}
+        self._ot_trials = {rid: optuna.Trial(self._ot_study, tid) for rid, tid in ids.items()}
+        self._trial_ids_saved = None
+
+    def _ensure_study(self) -> None:
+        if self._ot_study is None:
+            storage = getattr(self, "rebind_storage", None)
+            if storage is None:
+                raise RuntimeError("the searcher's Optuna study was not re-opened after a restore")
+            self._reopen(storage)
+
+    def suggest(self, trial_id: str):
+        self._ensure_study()
+        return super().suggest(trial_id)
+
     def restore(self, checkpoint_path: str) -> None:
         """Restore the searcher; trials a killed driver left RUNNING in a persistent study
-        (asked after the last saved state) are closed as FAIL."""
+        (asked after the last saved state) are closed as FAIL.
+
+        :attr:`rebind_storage` (set before the restore) is the storage of the experiment folder
+        being resumed; the study is re-opened there."""
+        rebind = getattr(self, "rebind_storage", None)
         super().restore(checkpoint_path)
         self._budget = getattr(self, "_budget", {})
         self._steps = getattr(self, "_steps", {})
+        self.rebind_storage = rebind
+        if rebind is not None:
+            self._reopen(rebind)
+        self._ensure_study()
         known = {t.number for t in self._ot_trials.values()}
         for ft in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if ft.number not in known:
@@ -133,6 +200,46 @@ class BudgetHonestOptunaSearch(OptunaSearch):
                     self._ot_study.tell(ft.number, state=TrialState.FAIL)
                 except Exception as exc:
                     logger.warning("could not close orphaned Optuna trial %s: %s", ft.number, exc)
+
+
+class BudgetedSearchGenerator(SearchGenerator):
+    """Ray's ``SearchGenerator`` whose budget can change when a search is resumed.
+
+    Ray restores the number of trials to ask for (and the concurrency cap) from the saved state,
+    so ``Tuner.restore`` never adds trials (ray-project/ray#42221). Set :attr:`budget` (and
+    :attr:`max_concurrent`) before the restored tuner runs: they win over the saved values, so
+    ``--resume --num-samples N`` asks for ``N`` trials in all.
+
+    Args:
+        searcher: the searcher, usually ``ConcurrencyLimiter(BudgetHonestOptunaSearch(...))``.
+    """
+
+    def __init__(self, searcher):
+        super().__init__(searcher)
+        self.budget: Optional[int] = None
+        self.max_concurrent: Optional[int] = None
+
+    @property
+    def base_searcher(self):
+        s = self.searcher
+        while hasattr(s, "searcher"):
+            s = s.searcher
+        return s
+
+    @property
+    def asked(self) -> int:
+        """Trials asked for so far."""
+        return self._counter
+
+    def restore_from_dir(self, dirpath: str):
+        super().restore_from_dir(dirpath)
+        if self.budget is not None and self.budget != self._total_samples:
+            self._total_samples = max(int(self.budget), self._counter)
+            self._finished = False
+            if self._experiment is not None:
+                self._experiment.spec["num_samples"] = self._total_samples
+        if self.max_concurrent is not None and isinstance(self.searcher, ConcurrencyLimiter):
+            self.searcher.max_concurrent = int(self.max_concurrent)
 
 
 def absolute_storage_url(url: Optional[str]) -> Optional[str]:

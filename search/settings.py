@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from monet.errors import ConfigError
@@ -68,6 +69,9 @@ DATA_FLAGS = (
 )
 
 # TrainConfig fields the search owns through other flags or always sets itself.
+# Flags that may change when a search is resumed (the budget); any other given flag must match.
+BUDGET_FLAGS = ("num_samples", "time_budget", "max_concurrent", "max_failures", "verbose")
+
 SEARCH_OWNED = {
     "dataset": "--dataset", "family": "--family", "epochs": "--max-epochs",
     "eval_every": "--eval-every", "seed": "--seed", "device": "--gpus-per-trial",
@@ -102,13 +106,16 @@ class SearchSettings:
     max_concurrent: Optional[int] = None  # None: what the cluster's CPUs/GPUs allow
     time_budget: Optional[float] = None
     seed: int = 0
-    optuna_storage: Optional[str] = None
+    optuna_storage: Optional[str] = None  # None: sqlite study.db in the experiment folder
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_failures: int = 0
     storage_path: str = "results"
     name: str = "search"
     inject_fault: Optional[str] = None
+    trial_timeout: Optional[float] = None  # seconds of training per trial (then stopped, PRUNED)
+    warm_start: Optional[str] = None       # experiment folder or study URL#name to start from
+    warm_start_top: int = 5
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):
@@ -139,6 +146,17 @@ class SearchSettings:
 
     def replace(self, **kw) -> "SearchSettings":
         return dataclasses.replace(self, **kw)
+
+    @property
+    def study_url(self) -> Optional[str]:
+        """Where the Optuna study lives: ``--optuna-storage``, else ``study.db`` in a local
+        experiment folder (resolved where the experiment is now, so a copied folder keeps its
+        own study), else None (in memory)."""
+        if self.optuna_storage:
+            return self.optuna_storage
+        if self.is_remote:
+            return None
+        return f"sqlite:///{Path(self.storage_path) / self.name / 'study.db'}"
 
     @property
     def is_remote(self) -> bool:

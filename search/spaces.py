@@ -64,6 +64,7 @@ FAMILIES_ALL = ("vmnc", "vmns", "mrnn", "monet")   # what --family all searches 
 M_CAP = 128                                         # default upper end of M (paper toy grid: 128+)
 TEMPERATURE_PREFIX = "temperature/"
 TRIAL_NUMBER_KEY = "optuna_trial"                   # the Optuna trial number, in every config
+WARM_START_KEY = "warm_start"                       # where a warm-started trial came from
 
 # TrainConfig fields that flags own (search.settings.DATA_FLAGS and the search's own): a space
 # file may not set them.
@@ -266,6 +267,9 @@ class SearchSpace:
         number = getattr(trial, "number", None)
         if number is not None:                         # links the Tune trial to the study
             fixed[TRIAL_NUMBER_KEY] = int(number)
+        origin = (getattr(trial, "user_attrs", None) or {}).get(WARM_START_KEY)
+        if origin:                                     # enqueued by --warm-start
+            fixed[WARM_START_KEY] = str(origin)
         if "M" not in values and family == "monet":   # M dropped: clamp defaults to T!
             fixed["M"] = min(TrainConfig.M, math.factorial(self.T))
             if "k" not in values:
@@ -427,7 +431,7 @@ def trial_to_train_config(base: dict, params: dict) -> TrainConfig:
     d = dict(base)
     temps = dict(d.get("temperatures") or {})
     for k, v in params.items():
-        if k == TRIAL_NUMBER_KEY:
+        if k in (TRIAL_NUMBER_KEY, WARM_START_KEY):
             continue
         if k.startswith(TEMPERATURE_PREFIX):
             temps[k[len(TEMPERATURE_PREFIX):]] = float(v)

@@ -157,14 +157,23 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
             raise InjectedFault(f"injected fault after round {fault['round']} "
                                 f"(--inject-fault) in trial {trial_id}")
 
+    def resume_from(ckpt_path: str) -> None:
+        ck = load_checkpoint(ckpt_path)
+        state["restored_round"] = int(ck["round"])
+        if int(ck["step"]) >= total and ck.get("last"):
+            # Finished before the driver saved that it had: report the final round again (with
+            # its checkpoint) instead of training nothing and ending without a final result.
+            report(dict(ck["last"]), str(Path(ckpt_path).parent if Path(ckpt_path).is_file()
+                                         else ckpt_path))
+            return
+        fit(cfg, data, report=report, run_dir=str(trial_dir), resume_from=ckpt_path)
+
     try:
         if own.is_file():
-            state["restored_round"] = int(load_checkpoint(own)["round"])
-            fit(cfg, data, report=report, run_dir=str(trial_dir), resume_from=str(own))
+            resume_from(str(own))
         elif ray_ckpt is not None:
             with ray_ckpt.as_directory() as d:
-                state["restored_round"] = int(load_checkpoint(d)["round"])
-                fit(cfg, data, report=report, run_dir=str(trial_dir), resume_from=d)
+                resume_from(d)
         else:
             fit(cfg, data, report=report, run_dir=str(trial_dir))
     except NonFiniteLossError as e:

@@ -89,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-budget", type=float, default=None, help="seconds for the whole search")
     g.add_argument("--seed", type=int, default=0, help="sampler seed and every trial's seed")
     g.add_argument("--optuna-storage", default=None,
-                   help="persist the study: sqlite:///study.db or journal:FILE (shared disks)")
+                   help="the study's storage: sqlite:///study.db or journal:FILE (shared disks); "
+                        "default: study.db in the experiment folder")
+    g.add_argument("--trial-timeout", type=float, default=None,
+                   help="seconds a trial may run; then it is stopped (PRUNED in Optuna)")
+    g.add_argument("--warm-start", default=None, metavar="PATH",
+                   help="start with the best configs of another search: its experiment folder "
+                        "or sqlite:///file.db#study_name")
+    g.add_argument("--warm-start-top", type=int, default=5,
+                   help="how many configs --warm-start takes (5)")
     g = p.add_argument_group("resources and Ray")
     g.add_argument("--cpus-per-trial", type=float, default=1.0)
     g.add_argument("--gpus-per-trial", type=float, default=0.0,
@@ -102,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment storage: a local folder or any URI Ray supports")
     g.add_argument("--name", default=None, help="experiment name (default: dataset-family-time)")
     g.add_argument("--resume", action="store_true",
-                   help="continue the experiment --storage-path/--name")
+                   help="continue the experiment --storage-path/--name; with a larger "
+                        "--num-samples (or --time-budget) it is extended")
     g.add_argument("--max-failures", type=int, default=0,
                    help="retries of a failed trial, from its last checkpoint")
     g.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 table, 2 every result")
@@ -152,6 +161,10 @@ def resolve(a) -> SearchSettings:
         raise BadInput(f"--max-concurrent: got {a.max_concurrent}; expected >= 1")
     if a.time_budget is not None and not a.time_budget > 0:
         raise BadInput(f"--time-budget: got {a.time_budget}; expected seconds > 0")
+    if a.trial_timeout is not None and not a.trial_timeout > 0:
+        raise BadInput(f"--trial-timeout: got {a.trial_timeout}; expected seconds > 0")
+    if a.warm_start_top < 1:
+        raise BadInput(f"--warm-start-top: got {a.warm_start_top}; expected >= 1")
     grace = a.grace_period
     if grace is None:
         grace = max(a.eval_every, a.max_epochs / 10)
@@ -180,7 +193,8 @@ def resolve(a) -> SearchSettings:
         seed=a.seed, optuna_storage=absolute_storage_url(a.optuna_storage),
         cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
         max_failures=a.max_failures, storage_path=storage, name=name,
-        inject_fault=a.inject_fault)
+        inject_fault=a.inject_fault, trial_timeout=a.trial_timeout, warm_start=a.warm_start,
+        warm_start_top=a.warm_start_top)
 
 
 def base_config(a, s: SearchSettings) -> dict:
@@ -260,13 +274,13 @@ def run(argv=None) -> int:
     from monet.errors import MonetError
 
     try:
-        return _run(a)
+        return _run(a, argv if argv is not None else sys.argv[1:])
     except (BadInput, MonetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def _run(a) -> int:
+def _run(a, argv) -> int:
     from monet.config import TrainConfig
     from monet.data import load_dataset
     from search.searcher import make_storage
@@ -274,7 +288,7 @@ def _run(a) -> int:
     from search.trainable import parse_fault
 
     if a.resume:
-        s, base, space_overrides = load_experiment(a)
+        s, base, space_overrides = load_experiment(a, argv)
     else:
         s = resolve(a)
         base = base_config(a, s)
@@ -283,6 +297,14 @@ def _run(a) -> int:
         if exp is not None and (exp / "tuner.pkl").exists():
             raise BadInput(f"--name: the experiment {exp} exists already; add --resume to "
                            f"continue it or pick another --name")
+        if s.optuna_storage is not None:
+            import optuna
+            if s.name in optuna.study.get_all_study_names(make_storage(s.optuna_storage)):
+                raise BadInput(f"--optuna-storage: a study named {s.name!r} exists already in "
+                               f"{s.optuna_storage}; add --resume or pick another --name")
+        if s.warm_start:
+            from search.warmstart import open_source
+            open_source(s.warm_start)      # a missing path or study: one line, before Ray
     exp = experiment_dir(s)
     fault = parse_fault(s.inject_fault)
 
@@ -292,13 +314,6 @@ def _run(a) -> int:
     space = SearchSpace.build(s.families, data.spec, s.max_epochs, space_overrides,
                               source=s.space or "space file")
     check_trainable(space, base, data)
-    if s.optuna_storage is None and exp is not None:   # the study lives with the experiment
-        s = s.replace(optuna_storage=f"sqlite:///{exp / 'study.db'}")
-    elif s.optuna_storage is not None and not a.resume:
-        import optuna
-        if s.name in optuna.study.get_all_study_names(make_storage(s.optuna_storage)):
-            raise BadInput(f"--optuna-storage: a study named {s.name!r} exists already in "
-                           f"{s.optuna_storage}; add --resume or pick another --name")
 
     address = a.address or os.environ.get("RAY_ADDRESS") or None
     started = start_ray(address, a.num_cpus)
@@ -307,13 +322,15 @@ def _run(a) -> int:
         s = fit_to_cluster(s, ray.cluster_resources())
         runtime = TrialRuntime(threads=max(1, int(s.cpus_per_trial)), fault=fault,
                                exp_dir=str(exp) if exp is not None else None)
-        if exp is not None and not a.resume:
+        if exp is not None:
             from monet.io import atomic_write_yaml
             exp.mkdir(parents=True, exist_ok=True)
-            atomic_write_yaml(exp / "config.yaml", {
-                "search": s.to_dict(), "base": base, "space": space.describe(),
-                "space_overrides": space_overrides, "argv": sys.argv[1:]})
-        storage = make_storage(s.optuna_storage)
+            saved = {"search": s.to_dict(), "base": base, "space": space.describe(),
+                     "space_overrides": space_overrides, "argv": sys.argv[1:]}
+            if a.resume:   # the budget may have grown; everything else is as saved
+                saved["argv"] = _saved_argv(exp)
+            atomic_write_yaml(exp / "config.yaml", saved)
+        storage = make_storage(s.study_url)
         tuner = build_tuner(s, base, data, space, storage, runtime, resume=a.resume,
                             verbose=a.verbose)
         grid = tuner.fit()
@@ -321,6 +338,108 @@ def _run(a) -> int:
     finally:
         if started:
             ray.shutdown()
+
+
+def _saved_argv(exp: Path) -> list:
+    import yaml
+
+    try:
+        return yaml.safe_load((exp / "config.yaml").read_text()).get("argv") or []
+    except (OSError, AttributeError, yaml.YAMLError):
+        return []
+
+
+def given_flags(argv) -> dict:
+    """The flags actually typed on the command line: ``dest -> value`` (defaults left out)."""
+    unset = object()
+    p = build_parser()
+    p.set_defaults(**{act.dest: unset for act in p._actions})
+    ns = p.parse_args(argv)
+    return {k: v for k, v in vars(ns).items() if v is not unset and k != "help"}
+
+
+def load_experiment(a, argv) -> tuple:
+    """The saved settings, base config and space overrides of ``--storage-path/--name``, with the
+    budget flags given now applied. Any other flag that differs from the saved experiment is
+    refused (one line naming it and its saved value); so is a budget below what was asked."""
+    import yaml
+
+    from search.settings import BUDGET_FLAGS
+
+    if not a.name:
+        raise BadInput("--resume: give the experiment with --storage-path and --name")
+    exp = Path(a.storage_path).expanduser().resolve() / a.name
+    if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
+        raise BadInput(f"--resume: no experiment to resume at {exp}")
+    try:
+        saved = yaml.safe_load((exp / "config.yaml").read_text())
+        s = SearchSettings.from_dict(saved["search"], source=str(exp / "config.yaml"))
+        base = saved["base"]
+    except (yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise BadInput(f"--resume: {exp / 'config.yaml'} is damaged ({type(e).__name__}); "
+                       "the experiment cannot be resumed") from None
+    s = s.replace(storage_path=str(exp.parent), name=a.name)
+    given = given_flags(argv)
+    fresh = None
+    data_fields = {f.field: f for f in DATA_FLAGS}
+    for dest, v in given.items():
+        if dest in ("resume", "storage_path", "name", "address", "num_cpus") or dest in BUDGET_FLAGS:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest in ("warm_start", "warm_start_top"):
+            raise BadInput(f"{flag}: a resumed search keeps how it started; --warm-start is for "
+                           "a new search")
+        if dest in data_fields:
+            old = base.get(dest)
+        elif dest in SearchSettings.fields():
+            fresh = fresh or resolve(a)
+            v, old = getattr(fresh, dest), getattr(s, dest)
+        else:
+            old = None
+        if _differs(v, old):
+            raise BadInput(f"{flag}: {v!r} differs from the saved experiment's {old!r}; on "
+                           f"--resume only {', '.join('--' + f.replace('_', '-') for f in BUDGET_FLAGS)}"
+                           " may change")
+    budget = {k: given[k] for k in BUDGET_FLAGS if k in given and k != "verbose"}
+    for k, v in budget.items():
+        if k == "num_samples" and v < 1 or k == "max_concurrent" and v < 1 \
+                or k == "max_failures" and v < 0 or k == "time_budget" and not v > 0:
+            raise BadInput(f"--{k.replace('_', '-')}: got {v!r}; expected a positive budget")
+    asked = _trials_asked(s, exp)
+    if budget.get("num_samples", s.num_samples) < asked:
+        raise BadInput(f"--num-samples: {budget['num_samples']} is fewer than the {asked} trials "
+                       f"the experiment has asked for already (saved --num-samples "
+                       f"{s.num_samples})")
+    s = s.replace(**budget)
+    return s, base, saved.get("space_overrides") or {}
+
+
+def _differs(new, old) -> bool:
+    if isinstance(new, (int, float)) and isinstance(old, (int, float)) \
+            and not isinstance(new, bool) and not isinstance(old, bool):
+        return float(new) != float(old)
+    if isinstance(new, (list, tuple)) or isinstance(old, (list, tuple)):
+        return list(new or []) != list(old or [])
+    return new != old
+
+
+def _trials_asked(s: SearchSettings, exp: Path) -> int:
+    """Trials the experiment has asked for so far (its Optuna study, else trials.parquet)."""
+    url = s.study_url
+    if url:
+        import optuna
+        from optuna.trial import TrialState
+
+        from search.searcher import make_storage
+        storage = make_storage(url)
+        if s.name in optuna.study.get_all_study_names(storage):
+            study = optuna.load_study(study_name=s.name, storage=storage)
+            return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    try:
+        import pandas as pd
+        return len(pd.read_parquet(exp / "trials.parquet"))
+    except Exception:  # noqa: BLE001 - no table yet: nothing finished
+        return 0
 
 
 def check_trainable(space, base: dict, data) -> None:
@@ -351,22 +470,6 @@ def _check_family(space, family: str, base: dict, data) -> None:
     create_model(cfg, data.spec, data.input_shape)
 
 
-def load_experiment(a) -> tuple:
-    """The saved settings, base config and space overrides of ``--storage-path/--name``."""
-    import yaml
-
-    if not a.name:
-        raise BadInput("--resume: give the experiment with --storage-path and --name")
-    exp = Path(a.storage_path).expanduser().resolve() / a.name
-    if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
-        raise BadInput(f"--resume: no experiment to resume at {exp}")
-    with open(exp / "config.yaml") as f:
-        saved = yaml.safe_load(f)
-    s = SearchSettings.from_dict(saved["search"], source=str(exp / "config.yaml"))
-    s = s.replace(storage_path=str(exp.parent), name=a.name)
-    return s, saved["base"], saved.get("space_overrides") or {}
-
-
 def fit_to_cluster(s: SearchSettings, resources: dict) -> SearchSettings:
     """Check the per-trial resources against the cluster; size ``max_concurrent`` when unset."""
     if s.gpus_per_trial > 0 and resources.get("GPU", 0) < s.gpus_per_trial:
@@ -385,38 +488,50 @@ def fit_to_cluster(s: SearchSettings, resources: dict) -> SearchSettings:
 def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: TrialRuntime,
                 resume: bool = False, verbose: int = 1):
     """The Tuner, shaped like Ray's Optuna example: searcher -> ConcurrencyLimiter ->
-    scheduler -> Tuner (or ``Tuner.restore`` of the saved experiment with ``resume``)."""
+    scheduler -> Tuner. With ``resume``, ``Tuner.restore`` of the saved experiment with the
+    budget of ``s`` (more trials when it grew), ASHA's saved rungs, and the callbacks, study and
+    files of the folder the experiment is in now."""
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(s.max_concurrent)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"      # the classic reporter, with our columns
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from search.asha import STATE_FILE, PersistentASHA
     from search.results import ExperimentFiles, ResultsCallback
-    from search.searcher import BudgetHonestOptunaSearch, make_sampler
+    from search.searcher import BudgetedSearchGenerator, BudgetHonestOptunaSearch, make_sampler
     from search.trainable import train_trial, trial_dirname
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, base=base, runtime=runtime),
         {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
     exp = experiment_dir(s)
-    if resume:
-        return tune.Tuner.restore(experiment_path(s), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
-    searcher = BudgetHonestOptunaSearch(
-        space, metric=s.metric, mode=s.mode,
-        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials),
-        storage=storage, study_name=s.name)
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
     if s.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=s.max_epochs,
-                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+        scheduler = PersistentASHA(
+            str(exp / STATE_FILE) if exp is not None else None, time_attr="epoch",
+            max_t=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     callbacks = [ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset))
                  ] if exp is not None else []
+    failure = tune.FailureConfig(max_failures=s.max_failures)
+    if resume:
+        tuner = tune.Tuner.restore(experiment_path(s), trainable=trainable,
+                                   resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        _apply_budget(tuner, s, storage, scheduler, callbacks, failure, verbose)
+        return tuner
+    searcher = BudgetHonestOptunaSearch(
+        space, metric=s.metric, mode=s.mode,
+        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials),
+        storage=storage, study_name=s.name)
+    if s.warm_start:
+        from search.warmstart import enqueue_warm_start
+        n = enqueue_warm_start(searcher, space, s.warm_start, s.warm_start_top)
+        print(f"warm start: the first {n} trials are the best configs of {s.warm_start}")
+    search_alg = BudgetedSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent))
     params = [n for n in space.names() if not n.startswith("temperature/")][:8]
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", s.metric: s.metric, "val/loss": "val/loss"},
@@ -425,15 +540,32 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
+            metric=s.metric, mode=s.mode, search_alg=search_alg, scheduler=scheduler,
             num_samples=s.num_samples, time_budget_s=s.time_budget,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.storage_path, callbacks=callbacks,
-            progress_reporter=reporter, verbose=verbose,
-            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            progress_reporter=reporter, verbose=verbose, failure_config=failure,
+            stop={"time_total_s": s.trial_timeout} if s.trial_timeout else None,
             # local folders: Ray's checkpoints are small pointers, keep them all
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp is not None else 2)))
+
+
+def _apply_budget(tuner, s: SearchSettings, storage, scheduler, callbacks, failure, verbose):
+    """Give a restored tuner the budget, scheduler, callbacks and study of now (Ray restores
+    them from ``tuner.pkl`` as they were when the search first started)."""
+    from search.searcher import BudgetedSearchGenerator
+
+    internal = tuner._local_tuner               # Ray 2.x: TunerInternal holds the configs
+    tc, rc = internal._tune_config, internal._run_config
+    gen = tc.search_alg
+    if not isinstance(gen, BudgetedSearchGenerator):
+        raise BadInput(f"--resume: {experiment_path(s)} was made by an older monet-tune; it can "
+                       "be resumed only with its saved budget")
+    gen.budget, gen.max_concurrent = int(s.num_samples), int(s.max_concurrent)
+    gen.base_searcher.rebind_storage = storage
+    tc.num_samples, tc.time_budget_s, tc.scheduler = s.num_samples, s.time_budget, scheduler
+    rc.callbacks, rc.failure_config, rc.verbose = callbacks, failure, verbose
 
 
 def summarize(s: SearchSettings, grid, exp, storage) -> int:

@@ -1,0 +1,128 @@
+"""ASHA whose rungs survive a resume.
+
+Ray does not save a scheduler's state with the experiment (DESIGN.md pitfalls): a resumed search
+would start ASHA with empty rungs and prune less. :class:`PersistentASHA` writes its rungs, the
+bracket of every trial and its stop decisions to one small JSON file in the experiment folder
+(through a temporary file and a rename) whenever they change, and reads it back when the search
+is resumed. A trial that ASHA stopped before a crash, and that Ray restarts from an older
+checkpoint, is stopped again at its next result: the decision stands.
+
+Example:
+    >>> import tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "asha_state.json")
+    >>> s = PersistentASHA(f, time_attr="epoch", metric="m", mode="max", max_t=9, grace_period=1)
+    >>> s.state()["brackets"][0][0]["milestone"]
+    9.0
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from monet.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "asha_state.json"
+
+
+class PersistentASHA(ASHAScheduler):
+    """``ASHAScheduler`` that keeps its state in ``state_file`` (see the module docstring).
+
+    Args:
+        state_file: a local JSON file, or None (nothing saved: plain ASHA).
+        **kw: ``ASHAScheduler`` arguments.
+    """
+
+    def __init__(self, state_file: Optional[str] = None, **kw):
+        super().__init__(**kw)
+        self.state_file = state_file
+        self._stopped = set()
+        self._loaded = False
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        """Rungs (per bracket: milestone -> trial -> value), trial brackets, stop decisions."""
+        return {
+            "brackets": [[{"milestone": float(m), "recorded": {k: float(v) for k, v in r.items()}}
+                          for m, r in b._rungs] for b in self._brackets],
+            "trial_bracket": {tid: self._brackets.index(b) for tid, b in self._trial_info.items()},
+            "stopped": sorted(self._stopped),
+            "num_stopped": int(self._num_stopped),
+        }
+
+    def load(self) -> bool:
+        """Read the saved state, if any (called once, when the search starts)."""
+        self._loaded = True
+        if not self.state_file:
+            return False
+        try:
+            with open(self.state_file) as f:
+                st = json.load(f)
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as e:
+            logger.warning("ASHA state %s unreadable (%s); starting with empty rungs",
+                           self.state_file, e)
+            return False
+        for b, saved in zip(self._brackets, st.get("brackets", [])):
+            for (milestone, recorded), rung in zip(b._rungs, saved):
+                recorded.clear()
+                recorded.update(rung["recorded"])
+        self._trial_info = {tid: self._brackets[i] for tid, i in st.get("trial_bracket", {}).items()
+                            if i < len(self._brackets)}
+        self._stopped = set(st.get("stopped", []))
+        self._num_stopped = int(st.get("num_stopped", 0))
+        return True
+
+    def save(self, checkpoint_path: Optional[str] = None) -> None:
+        path = checkpoint_path or self.state_file
+        if path:
+            atomic_write_text(path, json.dumps(self.state()))
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+
+    # ------------------------------------------------------------------ scheduler hooks
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        self._ensure_loaded()
+        return super().set_search_properties(metric, mode, **spec)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._ensure_loaded()
+        if trial.trial_id in self._trial_info:   # restored: keep its bracket
+            return
+        super().on_trial_add(tune_controller, trial)
+        self.save()
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._ensure_loaded()
+        if trial.trial_id in self._stopped:      # decided before a crash: the decision stands
+            return TrialScheduler.STOP
+        if trial.trial_id not in self._trial_info:
+            super().on_trial_add(tune_controller, trial)
+        before = self._num_stopped, self._recorded_count()
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP:
+            self._stopped.add(trial.trial_id)
+        if (self._num_stopped, self._recorded_count()) != before:
+            self.save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._ensure_loaded()
+        if trial.trial_id not in self._trial_info:
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+        self.save()
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._trial_info.pop(trial.trial_id, None)
+        self.save()
+
+    def _recorded_count(self) -> int:
+        return sum(len(r) for b in self._brackets for _, r in b._rungs)
