@@ -120,12 +120,13 @@ ray_cluster_down() {
 }
 
 # Run a driver command in the background and wait for it, so that a signal to the batch shell
-# (scancel, or the time limit's --signal) reaches the trap at once; SIGTERM is passed to the
-# driver as SIGINT, on which Ray Tune saves the experiment and stops (then --resume continues).
+# (`scancel --batch --signal=TERM`, or the time limit's --signal=B:TERM) reaches the trap at
+# once. The trap passes it on as SIGUSR1, on which Ray Tune saves the experiment and stops (then
+# --resume continues). Not SIGINT: bash starts background commands with SIGINT ignored.
 ray_run_driver() {
     "$@" &
     _ray_driver=$!
-    trap 'kill -INT "$_ray_driver" 2>/dev/null' TERM INT
+    trap 'kill -USR1 "$_ray_driver" 2>/dev/null' TERM INT
     local rc=0
     wait "$_ray_driver" || rc=$?
     while kill -0 "$_ray_driver" 2>/dev/null; do  # interrupted by a signal: wait for its exit

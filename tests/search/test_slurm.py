@@ -171,3 +171,36 @@ def test_slurm_scripts_parse():
     for name in ["slurm_tune.sh", "slurm_retrain.sh"]:
         mode = (REPO / "clusters" / name).stat().st_mode
         assert mode & stat.S_IXUSR, f"{name} is not executable"
+
+
+def test_slurm_tune_stops_cleanly_on_sigterm(tmp_path):
+    """SIGTERM to the batch shell (the time limit's --signal=B:TERM): the search saves and stops."""
+    env, tokens = _slurm_env(tmp_path, job_id=4444)
+    exp = tmp_path / "results" / "slurm_term"
+    proc = subprocess.Popen(
+        ["bash", "clusters/slurm_tune.sh"] + TINY + [
+            "--family", "vmnc", "--num-samples", "50", "--max-epochs", "200", "--scheduler",
+            "fifo", "--cpus-per-trial", "1", "--verbose", "0", "--name", "slurm_term"],
+        env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while not list(exp.glob("*/result.json")):          # a trial is running
+            assert proc.poll() is None, proc.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(1)
+        assert list(tokens.iterdir()), "the token should exist while the job runs"
+        os.kill(proc.pid, signal.SIGTERM)                   # to the batch shell only
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _kill_session(proc.pid)
+            proc.kill()
+    time.sleep(1)
+    left = _session_pids(proc.pid)
+    _kill_session(proc.pid)
+    # Ray Tune stopped the search (it would run for hours) and saved the experiment to resume
+    assert "Ray cluster up" in out and "stopped early" in out, out[-4000:]
+    assert list(exp.glob("experiment_state*.json")), sorted(p.name for p in exp.iterdir())
+    assert list(tokens.iterdir()) == []
+    assert left == [], f"processes left running: {left}"
