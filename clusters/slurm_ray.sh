@@ -34,8 +34,16 @@ ray_cluster_up() {
 
     # The allocation's nodes, the first one is the head (the batch script runs there too).
     mapfile -t _ray_nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    if ((${#_ray_nodes[@]} == 0)); then
+        echo "no nodes in SLURM_JOB_NODELIST='${SLURM_JOB_NODELIST:-}'" >&2
+        return 1
+    fi
     local head=${_ray_nodes[0]}
     local head_ip=${MONET_HEAD_IP:-$(hostname --ip-address | awk '{print $1}')}
+    if [[ $head_ip == 127.* && ${#_ray_nodes[@]} -gt 1 ]]; then    # /etc/hosts maps us to loopback
+        echo "the head's address is $head_ip: set MONET_HEAD_IP to one the other nodes reach" >&2
+        return 1
+    fi
     local port=${MONET_RAY_PORT:-6379}
     local tmp=${MONET_RAY_TMP:-/tmp/ray_${SLURM_JOB_ID}}
     # What SLURM gave each node: CPUs of our one task per node, GPUs on the node (0 if none).

@@ -1,7 +1,8 @@
 """Token authentication on a real two-node local cluster (what every cluster file turns on).
 
 The head is started with ``RAY_AUTH_MODE=token`` and a token made for this test, on 127.0.0.1.
-A second ``ray start --address`` given the token joins; one without any token (auth mode unset,
+A second ``ray start --address`` given the token joins (even with a stale token in its
+~/.ray/auth_token); one without any token (auth mode unset,
 an empty HOME so that no ~/.ray/auth_token is found) and one with a wrong token are refused and
 never show up as nodes. Every process is stopped afterwards, by its session id.
 """
@@ -94,8 +95,12 @@ def test_token_auth_two_nodes(tmp_path):
         wrong = _join(address, {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
                       p[11:16], tmp_path / "wrong.log")
         procs += [no_token, wrong]
-        # accepted: the token, given as the variable this time (the file is the head's)
-        good = _join(address, {**base, "RAY_AUTH_MODE": "token",
+        # accepted: the token, given as the variable this time (the file is the head's), even
+        # with a stale ~/.ray/auth_token in that node's HOME (the variable wins)
+        stale_home = tmp_path / "stale_home"
+        (stale_home / ".ray").mkdir(parents=True)
+        (stale_home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+        good = _join(address, {**base, "RAY_AUTH_MODE": "token", "HOME": str(stale_home),
                                "RAY_AUTH_TOKEN": token.read_text()},
                      p[16:21], tmp_path / "good.log")
         procs.append(good)

@@ -137,6 +137,8 @@ def test_slurm_tune_runs_a_search_and_removes_the_token(tmp_path):
 def test_slurm_cluster_needs_the_token_and_cleans_up(tmp_path):
     """ray_cluster_up alone: a client without the job's token is refused, one with it connects."""
     env, tokens = _slurm_env(tmp_path, job_id=4343, cpus=1)
+    env["EMPTY_HOME"] = str(tmp_path / "home")
+    (tmp_path / "home").mkdir()
     probe = ("import ray; ray.init(logging_level='ERROR'); "
              "print('NODES', len(ray.nodes()))")
     script = f"""
@@ -147,8 +149,8 @@ ray_cluster_up
 ls "$_ray_token_dir" | sed 's/^/TOKENFILE /'
 stat -c 'TOKENMODE %a' "$RAY_AUTH_TOKEN_PATH"
 "$PYTHON" -c "{probe}" | sed 's/^/WITH /'
-# no token at all: Ray's default (auth off) client
-env -u RAY_AUTH_MODE -u RAY_AUTH_TOKEN_PATH "$PYTHON" -c "{probe}" >/dev/null 2>&1 \\
+# no token at all: Ray's default (auth off) client, with no ~/.ray/auth_token to find
+env -u RAY_AUTH_MODE -u RAY_AUTH_TOKEN_PATH HOME="$EMPTY_HOME" "$PYTHON" -c "{probe}" >/dev/null 2>&1 \\
     && echo "NOAUTH connected" || echo "NOAUTH refused"
 # token mode with a wrong token
 env -u RAY_AUTH_TOKEN_PATH RAY_AUTH_TOKEN=0000 "$PYTHON" -c "{probe}" >/dev/null 2>&1 \\
