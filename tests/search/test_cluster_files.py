@@ -324,3 +324,51 @@ def test_every_key_is_commented(name):
 def test_key_comment_check_has_teeth():
     assert _uncommented_keys("# a\na: 1\nb: 2\n") == ["3: b: 2"]
     assert _uncommented_keys("# l\nl:\n  # item\n  - x: 1\n    y: 2\n") == []
+
+
+@pytest.mark.parametrize("name", RAY_UP)
+def test_ray_up_commands_parse(name):
+    """Every command `ray up` runs (folded YAML lines joined) is valid bash."""
+    config = _load(name)
+    commands = [c for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                              "worker_setup_commands", "head_start_ray_commands",
+                              "worker_start_ray_commands") for c in config[key]]
+    commands += [c for t in config["available_node_types"].values()
+                 for c in t.get("initialization_commands", [])]
+    assert len(commands) >= 8
+    for cmd in commands:
+        assert "\n" not in cmd.strip(), cmd
+        res = subprocess.run(["bash", "-n"], input=cmd, capture_output=True, text=True)
+        assert res.returncode == 0, f"{cmd}\n{res.stderr}"
+
+
+def test_rayjob_entrypoint_parses():
+    entrypoint = _load("kuberay_rayjob.yaml")["spec"]["entrypoint"]
+    res = subprocess.run(["bash", "-n"], input=entrypoint, capture_output=True, text=True)
+    assert res.returncode == 0 and "\n" not in entrypoint.strip(), res.stderr
+
+
+def _tune_commands_in_readme():
+    """The tune_monet.py argument lists in clusters/README.md's bash blocks (lines joined)."""
+    text = (CLUSTERS / "README.md").read_text()
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            m = re.search(r"(?:search/tune_monet\.py|clusters/slurm_tune\.sh)\s+(.*?)\"?$", line)
+            if m:
+                out.append(m.group(1).split())
+    return out
+
+
+def test_documented_search_flags_exist():
+    """Flags in the RayJob entrypoint and the README are flags tune_monet.py accepts."""
+    sys.path.insert(0, str(REPO))
+    from search.tune_monet import build_parser
+
+    entrypoint = _load("kuberay_rayjob.yaml")["spec"]["entrypoint"].split()
+    lists = [entrypoint[2:]] + _tune_commands_in_readme()
+    assert len(lists) >= 5
+    parser = build_parser()
+    for args in lists:
+        parser.parse_args(args)          # exits (SystemExit) on an unknown flag
