@@ -372,3 +372,19 @@ def test_documented_search_flags_exist():
     parser = build_parser()
     for args in lists:
         parser.parse_args(args)          # exits (SystemExit) on an unknown flag
+
+
+@pytest.mark.parametrize("name", RAY_UP)
+def test_ray_up_bashrc_commands_set_the_token_once(name, tmp_path):
+    """The setup commands that write ~/.bashrc, run twice (a second `ray up`): one export line."""
+    commands = [c for c in _load(name)["setup_commands"] if "bashrc" in c]
+    assert len(commands) == 2
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for _ in range(2):
+        for cmd in commands:
+            subprocess.run(["bash", "-c", cmd], env=env, check=True)
+    lines = (tmp_path / ".bashrc").read_text().splitlines()
+    assert lines == [f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={TOKEN_PATH}"]
+    out = subprocess.run(["bash", "-c", ". ~/.bashrc; echo $RAY_AUTH_MODE $RAY_AUTH_TOKEN_PATH"],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["token", f"{tmp_path}/.monet-tune/ray_auth_token"]
