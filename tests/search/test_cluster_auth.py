@@ -8,6 +8,7 @@ never show up as nodes. Every process is stopped afterwards, by its session id.
 """
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,3 +129,4 @@ def test_token_auth_two_nodes(tmp_path):
         for proc in reversed(procs):
             _kill_session(proc.pid)
             proc.wait(timeout=30)
+        shutil.rmtree(f"/tmp/ra{p[0]}", ignore_errors=True)

@@ -9,6 +9,7 @@ that concurrent tests do not collide), waits for the node, runs a tiny search th
 whatever of it is still alive at the end is killed by id and counted as a failure.
 """
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -110,6 +111,7 @@ def _run_script(cmd, env, timeout):
     time.sleep(1)                                   # let `ray start --block` finish its exit
     left = _session_pids(proc.pid)
     _kill_session(proc.pid)
+    shutil.rmtree(env["MONET_RAY_TMP"], ignore_errors=True)
     return proc.returncode, out, left
 
 
@@ -201,6 +203,7 @@ def test_slurm_tune_stops_cleanly_on_sigterm(tmp_path):
     time.sleep(1)
     left = _session_pids(proc.pid)
     _kill_session(proc.pid)
+    shutil.rmtree(env["MONET_RAY_TMP"], ignore_errors=True)
     # Ray Tune stopped the search (it would run for hours) and saved the experiment to resume
     assert "Ray cluster up" in out and "stopped early" in out, out[-4000:]
     assert list(exp.glob("experiment_state*.json")), sorted(p.name for p in exp.iterdir())
