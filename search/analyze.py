@@ -319,7 +319,7 @@ def open_study(exp: Path, cfg: dict):
             why.append(f"{url} has no study named {name!r}")
         except Exception as e:
             why.append(f"cannot read {url} ({type(e).__name__})")
-    return None, "no Optuna study: " + "; ".join(why)
+    return None, "no Optuna study (" + "; ".join(why) + ")"
 
 
 def _union(a, b):
@@ -482,6 +482,7 @@ class OrderAnalysis:
     best_learned: Optional[dict] = None  # the best among the top with M > 1
     consensus: Optional[pd.DataFrame] = None
     consensus_trials: list = field(default_factory=list)
+    consensus_note: str = ""
     scatter: Optional[pd.DataFrame] = None
     notes: list = field(default_factory=list)
 
@@ -528,9 +529,9 @@ def order_analysis(exp: Path, df: pd.DataFrame, metric: str, mode: str, top: int
     learned = [p for p in per if p["M"] > 1]
     res.best_learned = learned[0] if learned else None
     pool = learned or per
-    if not learned:
-        res.notes.append("consensus order: no top MONET trial learned an order (all M = 1); "
-                         "the consensus is over their fixed orders")
+    res.consensus_note = (f"over the {len(pool)} best MONET trial(s) that learned an order "
+                          f"(M > 1)" if learned else f"over the {len(pool)} best MONET trial(s); "
+                          f"none learned an order (all M = 1): their fixed orders")
     T = pool[0]["omega"].shape[0]
     steps = np.arange(1, T + 1)
     pos = np.array([steps @ p["omega"] for p in pool])                  # [n, T] per task
@@ -817,8 +818,8 @@ def render_html(name: str, summary: list, top: pd.DataFrame, imp: pd.DataFrame, 
         parts.append("<h2>MONET order analytics</h2><div class='grid'>" + "".join(order)
                      + "</div>")
         if oa.consensus is not None:
-            parts.append(f"<p>Consensus order over {len(oa.consensus_trials)} top MONET "
-                         f"trial(s) (mean expected position under Omega):</p>"
+            parts.append(f"<p>Consensus order {html.escape(oa.consensus_note)}: tasks by their "
+                         f"mean expected position sum_i i * Omega_ij.</p>"
                          + _html_table(oa.consensus)
                          + _html_table(pd.DataFrame(oa.consensus_trials)))
     if notes:
@@ -852,7 +853,8 @@ def render_md(name: str, summary: list, top: pd.DataFrame, imp: pd.DataFrame, fi
             out += [f"Soft order Omega of the best MONET trial {b['trial_id']} (M = {b['M']}; "
                     f"row = step, column = task):", "", _md_table(om.reset_index(names="")), ""]
         if oa.consensus is not None:
-            out += [f"Consensus order over {len(oa.consensus_trials)} top MONET trial(s):", "",
+            out += [f"Consensus order {oa.consensus_note}: tasks by their mean expected "
+                    f"position sum_i i * Omega_ij.", "",
                     _md_table(oa.consensus), "", _md_table(pd.DataFrame(oa.consensus_trials)), ""]
         out += [f"![{f.title}](figures/{f.name}.png)\n" for f in figs
                 if _is_order(f.name)]
@@ -901,7 +903,7 @@ def analyze(exp_dir, top: int = 10, importance: str = "fanova", n_slices: int = 
                f"families: {', '.join(families)}"]
     imps, figs = {}, []
     if study is None:
-        notes.append(f"importances and Optuna figures skipped: {where}")
+        notes.append(f"importances and Optuna figures: {where}")
     else:
         summary.append(f"Optuna study: {where}")
         imps, n = importances(study, families, importance)
@@ -992,7 +994,7 @@ def main(argv=None) -> int:
     for line in res.summary:
         print(line)
     for n in res.notes:
-        print(f"skipped: {n}")
+        print(f"skipped {n}")
     write(res, out)
     n_png = sum(1 for k in res.files if k.endswith(".png"))
     print(f"wrote {out}/report.html, report.md, trials.csv, importances.csv and {n_png} figures "
