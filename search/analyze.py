@@ -194,11 +194,11 @@ def _table(exp: Path, cfg: dict, study) -> pd.DataFrame:
                             s.get("family") or s["families"][0])
     if running:
         df = pd.concat([df, pd.DataFrame(running)], ignore_index=True)
-    if "family" not in df.columns or df["family"].isna().any():
-        fam = df.get("config/family")
-        base = s["families"][0]
-        df["family"] = (df["family"] if "family" in df else pd.Series([None] * len(df)))
-        df["family"] = df["family"].fillna(fam if fam is not None else base).fillna(base)
+    if "family" not in df.columns:
+        df["family"] = None
+    if "config/family" in df.columns:        # --family all: the family is a searched parameter
+        df["family"] = df["family"].fillna(df["config/family"])
+    df["family"] = df["family"].fillna(s["families"][0])
     num = df["config/optuna_trial"] if "config/optuna_trial" in df else pd.Series([None] * len(df))
     df["optuna_number"] = pd.array([int(v) if pd.notna(v) else None for v in num], dtype="Int64")
     by_number, by_ray = {}, {}
@@ -611,8 +611,13 @@ def optuna_figures(study, fam_studies: dict, imps: dict, kind: str, rungs: list,
         except Exception as e:
             notes.append(f"figure {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
-    add("history", "Optimisation history", lambda: pv.plot_optimization_history(study),
-        lambda: pm.plot_optimization_history(study))
+    from optuna.trial import TrialState
+
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        add("history", "Optimisation history", lambda: pv.plot_optimization_history(study),
+            lambda: pm.plot_optimization_history(study))
+    else:
+        notes.append("figure history: no COMPLETE trial in the study yet")
 
     def with_rungs(fig_or_ax, plotly: bool):
         for i, m in enumerate(rungs):

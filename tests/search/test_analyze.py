@@ -139,10 +139,10 @@ def test_importance_rows_are_exactly_the_searched_parameters(experiment, analysi
 
 
 def test_ped_anova_gives_the_same_rows(experiment):
-    exp, _ = experiment
-    res = analyze.analyze(exp, importance="ped-anova")        # in memory: writes nothing
-    assert sorted(res.importances["monet"]) == sorted(searched(exp))
-    assert "importances.csv" in res.files
+    exp, db = experiment
+    study = optuna.load_study(study_name="tiny", storage=db)
+    imps, notes = analyze.importances(study, ["monet"], "ped-anova")
+    assert not notes and sorted(imps["monet"]) == sorted(searched(exp))
 
 
 def test_importances_per_family_on_a_multi_family_study():
@@ -256,17 +256,17 @@ def test_report_html_opens_offline_in_headless_chromium(analysis, tmp_path):
 
 
 # ------------------------------------------------------------------------------ study lookup
-def test_study_found_in_the_folder_or_skipped_with_one_line(experiment, tmp_path):
+def test_study_found_in_the_folder_or_skipped_with_one_line(experiment, tmp_path, capsys):
     exp0, db = experiment
     exp = copy_experiment(exp0, tmp_path / "tiny")
     cfg = yaml.safe_load((exp / "config.yaml").read_text())
     cfg["search"]["optuna_storage"] = None
     (exp / "config.yaml").write_text(yaml.safe_dump(cfg))
     # no study anywhere: the table and the order analytics, no importances, one line why
-    p = run_analyze(exp, "--out", tmp_path / "a")
-    assert p.returncode == 0, p.stderr
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("skipped importances")]
-    assert len(lines) == 1 and "no Optuna study" in lines[0], p.stdout
+    assert analyze.main([str(exp), "--out", str(tmp_path / "a")]) == 0
+    stdout = capsys.readouterr().out
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("skipped importances")]
+    assert len(lines) == 1 and "no Optuna study" in lines[0], stdout
     assert pd.read_csv(tmp_path / "a" / "importances.csv").empty
     assert (tmp_path / "a" / "figures" / "omega.png").is_file()
     assert not (tmp_path / "a" / "figures" / "history.png").exists()
