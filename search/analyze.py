@@ -677,7 +677,7 @@ def _omega_figure(b: dict, name: str) -> Figure:
     om, tasks = b["omega"], b["tasks"]
     T = om.shape[0]
     steps = [f"step {i + 1}" for i in range(T)]
-    kind = "a fixed order" if b["M"] == 1 else "learned"
+    kind = "one fixed order" if b["M"] == 1 else "pi = softmax(order logits)"
     title = (f"Soft order Omega, trial {b['trial_id']} (M = {b['M']}, {kind}): "
              f"P(task j at step i)")
     pf = go.Figure(go.Heatmap(z=om, x=tasks, y=steps, zmin=0, zmax=1, colorscale="Blues",

@@ -1,7 +1,9 @@
 """``search/analyze.py`` on a tiny real experiment (real Ray, real Optuna, real toy training).
 
-The module makes one search (toy T=3, MONET, 6 trials, 3 epochs, ASHA from 0.5 epochs) and runs
-the analysis CLI on it once; the tests read what it wrote. Bad input is checked on copies.
+The module makes one search (toy T=3, MONET, 6 trials, 3 epochs, ASHA from 0.5 epochs, one trial
+at a time so that ASHA's decisions do not depend on timing: some trials run the full budget, some
+are stopped early) and runs the analysis CLI on it once; the tests read what it wrote. Bad input
+is checked on copies.
 """
 import json
 import math
@@ -25,7 +27,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 ANALYZE = [sys.executable, str(REPO / "search" / "analyze.py")]
 METRIC = "val/mean_acc"
 SEARCH = ["--family", "monet", "--num-samples", "6", "--max-epochs", "3", "--eval-every", "0.5",
-          "--grace-period", "0.5", "--reduction-factor", "2", "--max-concurrent", "2",
+          "--grace-period", "0.5", "--reduction-factor", "2", "--max-concurrent", "1",
           "--num-cpus", "2", "--verbose", "0"]
 PLOTLY_BG = (229, 236, 246)     # plotly's default plot area colour: a plot was drawn
 
@@ -86,7 +88,7 @@ def test_table_matches_trials_parquet_and_the_study(experiment):
     assert df["optuna_state"].tolist() == [by_ray[t].state.name for t in df["trial_id"]]
     assert df["optuna_number"].tolist() == [by_ray[t].number for t in df["trial_id"]]
     assert set(df["optuna_state"]) <= {"COMPLETE", "PRUNED"}
-    assert (df["optuna_state"] == "COMPLETE").sum() >= 2, "the tiny search needs 2 full trials"
+    assert (df["optuna_state"] == "COMPLETE").sum() >= 2 and "PRUNED" in set(df["optuna_state"])
     # rungs from config.yaml's ASHA settings: 0.5 * 2**k up to 3 epochs
     assert analyze.asha_rungs(yaml.safe_load((exp / "config.yaml").read_text())["search"]) == \
         [0.5, 1.0, 2.0]
@@ -179,10 +181,10 @@ def test_every_png_is_a_readable_nonblank_image(analysis):
         with Image.open(p) as im:
             im.verify()
         with Image.open(p) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        assert rgb.shape[0] >= 200 and rgb.shape[1] >= 200, p.name
-        colours = np.unique(rgb.reshape(-1, 3), axis=0)
-        assert len(colours) > 20, f"{p.name}: {len(colours)} colours"
+            rgb = im.convert("RGB")
+        assert rgb.width >= 200 and rgb.height >= 200, p.name
+        colours = len(rgb.getcolors(maxcolors=rgb.width * rgb.height))
+        assert colours > 20, f"{p.name}: {colours} colours"
 
 
 def test_report_md_gathers_table_importances_and_figures(experiment, analysis):
@@ -245,9 +247,9 @@ def test_report_html_opens_offline_in_headless_chromium(analysis, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert shot.is_file(), p.stderr[-2000:]
     with Image.open(shot) as im:
+        colours = len(im.convert("RGB").getcolors(maxcolors=1400 * 2400))
         rgb = np.asarray(im.convert("RGB"))
     assert rgb.shape[:2] == (2400, 1400)
-    colours = len(np.unique(rgb.reshape(-1, 3), axis=0))
     plot_area = int((rgb == PLOTLY_BG).all(-1).sum())
     non_white = float((rgb < 250).any(-1).mean())
     assert colours > 500, colours
