@@ -608,8 +608,9 @@ def optuna_figures(study, fam_studies: dict, imps: dict, kind: str, rungs: list,
     def add(name, title, make_plotly, make_mpl):
         try:
             figs.append(Figure(name, title, make_plotly(), _png(make_mpl())))
-        except Exception as e:
-            notes.append(f"figure {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        except Exception as e:  # one figure Optuna cannot draw does not stop the report
+            why = str(e).splitlines()[0] if str(e) else ""
+            notes.append(f"figure {name}: {type(e).__name__}: {why}")
 
     from optuna.trial import TrialState
 
@@ -620,6 +621,8 @@ def optuna_figures(study, fam_studies: dict, imps: dict, kind: str, rungs: list,
         notes.append("figure history: no COMPLETE trial in the study yet")
 
     def with_rungs(fig_or_ax, plotly: bool):
+        """Mark the ASHA rungs (epochs -> rounds of --eval-every epochs) on Optuna's figure."""
+        xlabel = f"evaluation round (about {eval_every:g} epochs each, whole batches)"
         for i, m in enumerate(rungs):
             x = m / eval_every
             if plotly:
@@ -630,11 +633,17 @@ def optuna_figures(study, fam_studies: dict, imps: dict, kind: str, rungs: list,
                 fig_or_ax.text(x, 1.0, f" rung {i}: {m:g} ep", transform=
                                fig_or_ax.get_xaxis_transform(), fontsize=8, va="top",
                                color="gray")
+        if plotly:
+            fig_or_ax.update_xaxes(title_text=xlabel)
+        else:
+            fig_or_ax.set_xlabel(xlabel)
+            legend = fig_or_ax.get_legend()
+            if legend is not None and len(fig_or_ax.get_lines()) > 20:   # one entry per trial
+                legend.remove()
         return fig_or_ax
 
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        title = "Intermediate values (one evaluation round = %g epochs; dashed: ASHA rungs)" % \
-            eval_every
+        title = "Intermediate values (learning curves; dashed: ASHA rungs)"
         add("intermediate", title,
             lambda: with_rungs(pv.plot_intermediate_values(study), True),
             lambda: with_rungs(pm.plot_intermediate_values(study), False))
@@ -779,6 +788,7 @@ def top_table(df: pd.DataFrame, metric: str, mode: str, top: int, params: list) 
 
 
 def importance_frame(imps: dict, kind: str) -> pd.DataFrame:
+    """``{group: {param: importance}}`` -> rows ``group, param, importance, evaluator``."""
     rows = [{"group": g, "param": p, "importance": v, "evaluator": kind}
             for g, imp in imps.items() for p, v in imp.items()]
     return pd.DataFrame(rows, columns=["group", "param", "importance", "evaluator"])
@@ -839,6 +849,7 @@ def render_html(name: str, summary: list, top: pd.DataFrame, imp: pd.DataFrame, 
 
 def render_md(name: str, summary: list, top: pd.DataFrame, imp: pd.DataFrame, figs: list,
               oa: OrderAnalysis, notes: list) -> str:
+    """``report.md``: summary, top-k table, importances, figures (PNG links), order analytics."""
     out = [f"# Search {name}", ""] + [f"- {s}" for s in summary] + ["", f"## Top {len(top)} trials",
                                                                    "", _md_table(top), ""]
     if len(imp):
@@ -893,8 +904,10 @@ def analyze(exp_dir, top: int = 10, importance: str = "fanova", n_slices: int = 
     metric, mode, families = s["metric"], s["mode"], list(s["families"])
     study, where = open_study(exp, cfg)
     df = _table(exp, cfg, study)
+    if f"last/{metric}" not in df.columns:
+        raise BadExperiment(f"{exp}/trials.parquet: no column last/{metric} (the search's metric)")
     finished = df[df["optuna_state"].isin(["COMPLETE", "PRUNED"])
-                  & pd.to_numeric(df.get(f"last/{metric}"), errors="coerce").notna()]
+                  & pd.to_numeric(df[f"last/{metric}"], errors="coerce").notna()]
     if not len(finished):
         counts = ", ".join(f"{n} {k}" for k, n in df["optuna_state"].value_counts().items())
         raise BadExperiment(f"{exp}: no finished trial with a value of {metric} ({counts})")

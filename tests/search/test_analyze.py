@@ -6,7 +6,6 @@ are stopped early) and runs the analysis CLI on it once; the tests read what it 
 is checked on copies.
 """
 import json
-import math
 import shutil
 import subprocess
 import sys
