@@ -396,6 +396,18 @@ def make_evaluator(kind: str, seed: int = 0):
     raise ValueError(f"importance: expected one of {IMPORTANCE_EVALUATORS}, got {kind!r}")
 
 
+def _known_evaluator(imp: dict):
+    """An Optuna importance evaluator that returns ``imp``: Optuna's importance figures then show
+    exactly the table's numbers, computed once."""
+    from optuna.importance import BaseImportanceEvaluator
+
+    class Known(BaseImportanceEvaluator):
+        def evaluate(self, study, params=None, *, target=None):
+            return {p: imp[p] for p in (params or imp)}
+
+    return Known()
+
+
 def importances(study, families: list, kind: str = "fanova") -> tuple:
     """Importances on the COMPLETE trials: ``({group: {param: importance}}, notes)``.
 
@@ -654,10 +666,10 @@ def optuna_figures(study, fam_studies: dict, imps: dict, kind: str, rungs: list,
         params = list(imp)
         sfx = "" if len(imps) == 1 else f"_{group}"
         label = "" if len(imps) == 1 else f" ({group})"
-        ev = lambda: make_evaluator(kind)   # noqa: E731
+        ev = _known_evaluator(imp)
         add(f"importances{sfx}", f"Parameter importances{label}, {kind}",
-            lambda: pv.plot_param_importances(fs, evaluator=ev(), params=params),
-            lambda: pm.plot_param_importances(fs, evaluator=ev(), params=params))
+            lambda: pv.plot_param_importances(fs, evaluator=ev, params=params),
+            lambda: pm.plot_param_importances(fs, evaluator=ev, params=params))
         top = params[:max(1, n_slices)]
         add(f"slice{sfx}", f"Slices of the top parameters{label}",
             lambda: pv.plot_slice(fs, params=top),
