@@ -260,10 +260,14 @@ def test_report_html_opens_offline_in_headless_chromium(analysis, tmp_path):
 def test_study_found_in_the_folder_or_skipped_with_one_line(experiment, tmp_path, capsys):
     exp0, db = experiment
     exp = copy_experiment(exp0, tmp_path / "tiny")
+    assert analyze.main([str(exp), "--out", str(tmp_path / "a")]) == 0     # with the study
+    assert (tmp_path / "a" / "figures" / "history.png").is_file()
+    capsys.readouterr()
     cfg = yaml.safe_load((exp / "config.yaml").read_text())
     cfg["search"]["optuna_storage"] = None
     (exp / "config.yaml").write_text(yaml.safe_dump(cfg))
-    # no study anywhere: the table and the order analytics, no importances, one line why
+    # no study anywhere: the table and the order analytics, no importances, one line why; the
+    # figures the first run wrote and this one did not are gone
     assert analyze.main([str(exp), "--out", str(tmp_path / "a")]) == 0
     stdout = capsys.readouterr().out
     lines = [ln for ln in stdout.splitlines() if ln.startswith("skipped importances")]
@@ -271,6 +275,7 @@ def test_study_found_in_the_folder_or_skipped_with_one_line(experiment, tmp_path
     assert pd.read_csv(tmp_path / "a" / "importances.csv").empty
     assert (tmp_path / "a" / "figures" / "omega.png").is_file()
     assert not (tmp_path / "a" / "figures" / "history.png").exists()
+    assert "history.png" not in (tmp_path / "a" / "report.md").read_text()
     # <exp>/study.db, then <exp>/study.journal
     shutil.copy(db[len("sqlite:///"):], exp / "study.db")
     study, where = analyze.open_study(exp, cfg)
