@@ -505,7 +505,7 @@ def order_analysis(exp: Path, df: pd.DataFrame, metric: str, mode: str, top: int
 
     The consensus ranks the tasks by their mean expected position sum_i i * Omega_ij over the top
     trials that learned an order (M > 1; when none did, over all top trials): a Borda count on
-    soft orders.
+    soft orders. ``times_first`` counts the trials whose most likely order starts with the task.
     """
     import torch
 
@@ -553,7 +553,7 @@ def order_analysis(exp: Path, df: pd.DataFrame, metric: str, mode: str, top: int
     res.consensus = pd.DataFrame({
         "rank": np.arange(1, T + 1), "task": [tasks[j] for j in order],
         "mean_position": mean[order], "std_position": pos.std(0)[order],
-        "first_in": [sum(1 for p in pool if p["orders"][int(np.argmax(p["pi"]))][0] == j)
+        "times_first": [sum(1 for p in pool if p["orders"][int(np.argmax(p["pi"]))][0] == j)
                      for j in order]})
     res.consensus_trials = [{"trial_id": p["trial_id"], "M": p["M"],
                              "most_likely_order": " > ".join(
@@ -846,7 +846,8 @@ def render_html(name: str, summary: list, top: pd.DataFrame, imp: pd.DataFrame, 
                      + "</div>")
         if oa.consensus is not None:
             parts.append(f"<p>Consensus order {html.escape(oa.consensus_note)}: tasks by their "
-                         f"mean expected position sum_i i * Omega_ij.</p>"
+                         f"mean expected position sum_i i * Omega_ij (times_first: how many of "
+                         f"them start their most likely order with the task).</p>"
                          + _html_table(oa.consensus)
                          + _html_table(pd.DataFrame(oa.consensus_trials)))
     if notes:
@@ -882,7 +883,8 @@ def render_md(name: str, summary: list, top: pd.DataFrame, imp: pd.DataFrame, fi
                     f"row = step, column = task):", "", _md_table(om.reset_index(names="")), ""]
         if oa.consensus is not None:
             out += [f"Consensus order {oa.consensus_note}: tasks by their mean expected "
-                    f"position sum_i i * Omega_ij.", "",
+                    f"position sum_i i * Omega_ij (times_first: how many of them start their "
+                    f"most likely order with the task).", "",
                     _md_table(oa.consensus), "", _md_table(pd.DataFrame(oa.consensus_trials)), ""]
         out += [f"![{f.title}](figures/{f.name}.png)\n" for f in figs
                 if _is_order(f.name)]
