@@ -344,6 +344,14 @@ def _union(a, b):
     return a
 
 
+def _fits(dist, value) -> bool:
+    """Whether ``value`` lies in ``dist`` (Optuna's own containment check)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except Exception:  # a value of another type (the space changed between runs)
+        return False
+
+
 def family_study(study, family: Optional[str] = None):
     """An in-memory copy of ``study`` (the trials of ``family``, or all) for importances and plots.
 
@@ -366,7 +374,7 @@ def family_study(study, family: Optional[str] = None):
     copy = optuna.create_study(direction=study.direction)
     for t in trials:
         params = {n: v for n, v in t.params.items() if n in dists}
-        ok = {n: v for n, v in params.items() if dists[n]._contains(dists[n].to_internal_repr(v))}
+        ok = {n: v for n, v in params.items() if _fits(dists[n], v)}
         complete = t.state == TrialState.COMPLETE
         copy.add_trial(create_trial(
             state=t.state, value=t.value if complete else None, params=ok,
