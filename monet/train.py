@@ -159,6 +159,20 @@ def evaluate(model, split, spec, config: TrainConfig, weights: torch.Tensor,
     return met
 
 
+def reported_metrics(model, data: DataBundle, config: TrainConfig) -> set:
+    """The metric names :func:`fit` reports every round for ``model`` on ``data`` (the ``val/``
+    ones from an evaluation of a few validation examples), so a metric name can be checked
+    before any training."""
+    rows = torch.utils.data.Subset(data.val, range(min(len(data.val), 8)))
+    weights = build_loss_weights(config, data)
+    val = evaluate(model, rows, data.spec, config, weights, data.prepare, "cpu", config.seed)
+    names = {"epoch", "round", "step", "lr", "train/loss", "train/nll", "time/train_s",
+             "time/eval_s"} | {f"val/{k}" for k in val} | set(model.order_stats())
+    if config.dice_lambda > 0:
+        names.add("train/dice")
+    return names
+
+
 # ---------------------------------------------------------------------------------- step plan
 @dataclass(frozen=True)
 class StepPlan:

@@ -941,6 +941,9 @@ def analyze(exp_dir, top: int = 10, importance: str = "fanova", n_slices: int = 
                f"{metric} = {_fmt(best.get(f'last/{metric}'))} after {_fmt(best['epochs'])} epochs",
                f"ASHA rungs (epochs): {', '.join(f'{m:g}' for m in asha_rungs(s)) or 'none'}; "
                f"families: {', '.join(families)}"]
+    warm = warm_start_summary(df, metric, mode)
+    if warm:
+        summary.append(warm)
     imps, figs = {}, []
     if study is None:
         notes.append(f"importances and Optuna figures: {where}")
@@ -975,6 +978,24 @@ def analyze(exp_dir, top: int = 10, importance: str = "fanova", n_slices: int = 
         if f.png:
             files[f"figures/{f.name}.png"] = f.png
     return Analysis(df, imps, oa, summary, notes, files)
+
+
+def warm_start_summary(df: pd.DataFrame, metric: str, mode: str) -> Optional[str]:
+    """How the warm-started trials (``--warm-start``) fared against the sampled ones, or None."""
+    if "warm_start" not in df.columns or not df["warm_start"].notna().any():
+        return None
+    value = pd.to_numeric(df[f"last/{metric}"], errors="coerce")
+    parts = []
+    for label, rows in (("warm-started", df["warm_start"].notna()),
+                        ("sampled", df["warm_start"].isna())):
+        v = value[rows].dropna()
+        if not len(v):
+            parts.append(f"{label}: {int(rows.sum())} trials, none finished")
+            continue
+        best = v.max() if mode == "max" else v.min()
+        parts.append(f"{label}: {int(rows.sum())} trials, best {metric} {_fmt(best)}, "
+                     f"median {_fmt(v.median())}")
+    return "; ".join(parts)
 
 
 def write(analysis: Analysis, out: Path) -> None:

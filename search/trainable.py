@@ -118,7 +118,11 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
         params["lr"] = 1e9
     cfg = trial_to_train_config(base or {}, params)
     if "cuda" in str(cfg.device) and not torch.cuda.is_available():
-        cfg = cfg.replace(device="cpu")
+        import os
+        raise RuntimeError(f"trial {tune.get_context().get_trial_id()} was given GPU(s) by Ray "
+                           f"but torch sees none (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch "
+                           f"{torch.__version__}); it does not fall back to the CPU")
     total = plan_steps(cfg, len(data.train)).total_steps
     node_id = ray.get_runtime_context().get_node_id()
 

@@ -313,13 +313,14 @@ def _run(a, argv) -> int:
     data = load_dataset(cfg0)
     space = SearchSpace.build(s.families, data.spec, s.max_epochs, space_overrides,
                               source=s.space or "space file")
-    check_trainable(space, base, data)
+    check_trainable(space, base, data, s.metric)
 
     address = a.address or os.environ.get("RAY_ADDRESS") or None
     started = start_ray(address, a.num_cpus)
     import ray
     try:
-        s = fit_to_cluster(s, ray.cluster_resources())
+        s = fit_to_cluster(s, [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+                           autoscaling=bool(address))
         runtime = TrialRuntime(threads=max(1, int(s.cpus_per_trial)), fault=fault,
                                exp_dir=str(exp) if exp is not None else None)
         if exp is not None:
@@ -442,47 +443,66 @@ def _trials_asked(s: SearchSettings, exp: Path) -> int:
         return 0
 
 
-def check_trainable(space, base: dict, data) -> None:
+def check_trainable(space, base: dict, data, metric: str) -> None:
     """Build the model of one sampled configuration per family (a ConfigError says why a
-    configuration cannot train), so that it is refused before Ray starts."""
+    configuration cannot train) and check that every family reports ``metric``, so that both
+    are refused before Ray starts."""
     import optuna
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         for family in space.families:
-            _check_family(space, family, base, data)
+            names = _check_family(space, family, base, data)
+            if metric not in names:
+                shown = sorted(n for n in names if n.startswith(("val/", "train/", "order/")))
+                raise BadInput(f"--metric: {metric!r} is not reported by family {family} on "
+                               f"{base['dataset']}; expected one of {shown}")
     finally:
         optuna.logging.set_verbosity(verbosity)
 
 
-def _check_family(space, family: str, base: dict, data) -> None:
-    """Build the model of ``family`` with one randomly sampled configuration of ``space``."""
+def _check_family(space, family: str, base: dict, data) -> set:
+    """Build the model of ``family`` with one randomly sampled configuration of ``space``;
+    returns the metric names its trials report."""
     import optuna
 
     from monet.models import create_model
+    from monet.train import reported_metrics
     from search.spaces import SearchSpace, trial_to_train_config
 
     one = SearchSpace([family], {family: space.params[family]}, space.T)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     fixed = one(trial) or {}
     cfg = trial_to_train_config({**base, "family": family}, {**trial.params, **fixed})
-    create_model(cfg, data.spec, data.input_shape)
+    cfg = cfg.replace(device="cpu")
+    return reported_metrics(create_model(cfg, data.spec, data.input_shape), data, cfg)
 
 
-def fit_to_cluster(s: SearchSettings, resources: dict) -> SearchSettings:
-    """Check the per-trial resources against the cluster; size ``max_concurrent`` when unset."""
-    if s.gpus_per_trial > 0 and resources.get("GPU", 0) < s.gpus_per_trial:
-        raise BadInput(f"--gpus-per-trial {s.gpus_per_trial:g}: the Ray cluster has "
-                       f"{resources.get('GPU', 0):g} GPUs")
-    if resources.get("CPU", 0) < s.cpus_per_trial:
-        raise BadInput(f"--cpus-per-trial {s.cpus_per_trial:g}: the Ray cluster has "
-                       f"{resources.get('CPU', 0):g} CPUs")
+def fit_to_cluster(s: SearchSettings, nodes: list, autoscaling: bool = False) -> SearchSettings:
+    """Check the per-trial resources against the cluster's nodes; size ``max_concurrent`` when
+    unset. ``nodes``: the ``Resources`` of every alive node (``ray.nodes()``).
+
+    A trial must fit on one node. On a cluster we connected to (``autoscaling``), a request no
+    node meets *now* may be met by nodes the autoscaler adds: one warning line, not an error."""
+    cpus = [float(n.get("CPU", 0)) for n in nodes] or [0.0]
+    gpus = [float(n.get("GPU", 0)) for n in nodes] or [0.0]
+    fits = [c >= s.cpus_per_trial and g >= s.gpus_per_trial for c, g in zip(cpus, gpus)]
+    if not any(fits):
+        what = (f"--cpus-per-trial {s.cpus_per_trial:g} and --gpus-per-trial "
+                f"{s.gpus_per_trial:g}: no node of the Ray cluster has that much (CPUs per node "
+                f"{[f'{c:g}' for c in cpus]}, GPUs per node {[f'{g:g}' for g in gpus]})")
+        if not autoscaling:
+            raise BadInput(what)
+        print(f"warning: {what}; the trials wait for nodes the autoscaler adds", file=sys.stderr)
     if s.max_concurrent is not None:
         return s
-    fit_cpu = resources.get("CPU", 1) / s.cpus_per_trial
-    fit_gpu = resources.get("GPU", 0) / s.gpus_per_trial if s.gpus_per_trial else math.inf
-    return s.replace(max_concurrent=max(1, int(min(fit_cpu, fit_gpu, s.num_samples))))
+    if not any(fits):   # nothing fits yet: a small cap, so that TPE still learns as it goes
+        return s.replace(max_concurrent=max(1, min(s.num_samples, s.n_startup_trials)))
+    per_cpu = sum(c // s.cpus_per_trial for c, ok in zip(cpus, fits) if ok)
+    per_gpu = (sum(g // s.gpus_per_trial for g, ok in zip(gpus, fits) if ok)
+               if s.gpus_per_trial else math.inf)
+    return s.replace(max_concurrent=max(1, int(min(per_cpu, per_gpu, s.num_samples))))
 
 
 def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: TrialRuntime,

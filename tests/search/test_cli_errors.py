@@ -45,6 +45,10 @@ def _assert_bad(proc, *needles):
     (["--dataset", "bp4d", "--data-root", "/no/such/folder"], ["/no/such/folder"]),
     (["--space", "/no/such/space.yaml"], ["--space", "/no/such/space.yaml"]),
     (["--metric", "test/mean_acc"], ["--metric", "val/"]),
+    (["--metric", "val/bogus"], ["--metric: 'val/bogus' is not reported by family monet on toy",
+                                 "'val/mean_acc'"]),
+    (["--metric", "order/dist_to_identity", "--family", "all"],
+     ["--metric: 'order/dist_to_identity' is not reported by family vmnc"]),
     (["--max-epochs", "2", "--eval-every", "3"], ["--eval-every"]),
     (["--num-samples", "x"], ["--num-samples"]),
     (["--optuna-storage", "nonsense"], ["--optuna-storage"]),
@@ -81,7 +85,7 @@ def test_unreachable_address(tmp_path):
 def test_gpus_on_a_cluster_without_gpus(tmp_path):
     proc = run_cli(TINY + ["--gpus-per-trial", "0.5", "--num-cpus", "1",
                            "--storage-path", str(tmp_path), "--name", "x"])
-    _assert_bad(proc, "--gpus-per-trial", "0 GPUs")
+    _assert_bad(proc, "--gpus-per-trial 0.5", "no node of the Ray cluster", "GPUs per node ['0']")
     assert not (tmp_path / "x").exists()
 
 

@@ -152,6 +152,10 @@ def test_warm_start_clips_marks_and_warns_once(grown, tmp_path, capsys):
     assert df["config/lr"].iloc[0] == pytest.approx(min(max(best.params["lr"], 1e-5), 2e-5))
     study = _study(tmp_path / "warm", "warm")
     assert [t.user_attrs.get("warm_start") is not None for t in study.trials] == [True] * 3 + [False]
+    # the analysis report says how they fared against the sampled ones
+    from search.analyze import warm_start_summary
+    line = warm_start_summary(df, "val/mean_acc", "max")
+    assert line.startswith("warm-started: 3 trials, best val/mean_acc ") and "sampled: 1 trials" in line
 
 
 @pytest.mark.parametrize("src, words", [
