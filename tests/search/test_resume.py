@@ -1,4 +1,5 @@
-"""--resume: SIGKILL the driver mid-search, resume, and check no finished trial ran again."""
+"""--resume: SIGKILL the driver mid-search, resume it with a larger budget (the extend form),
+and check no finished trial ran again, none was lost and none was counted twice."""
 import json
 
 import os
@@ -97,12 +98,13 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
     mid_before = _mid_run(exp, done_before, lo=1, hi=60)
 
     res = run_cli(["--resume", "--storage-path", str(tmp_path), "--name", name,
-                   "--verbose", "0"], env=ENV, timeout=400)
+                   "--num-samples", "6", "--verbose", "0"], env=ENV, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best trial" in res.stdout
 
     df = pd.read_parquet(exp / "trials.parquet")
-    assert len(df) == 5 and set(df["state"]) == {"TERMINATED"}
+    assert len(df) == 6 and set(df["state"]) == {"TERMINATED"} and df["trial_id"].is_unique
+    assert sorted(df["config/optuna_trial"]) == list(range(6))
     assert (df["rounds"] > 0).all()
     resumed = 0
     for _, r in df.iterrows():
@@ -120,5 +122,5 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
     assert resumed >= 1, f"no trial continued from its checkpoint (mid-run at the kill: {mid_before})"
     study = optuna.load_study(study_name=name, storage=db)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 5
+    assert len(study.trials) == 6 and len(complete) == 6
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
