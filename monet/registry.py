@@ -70,3 +70,8 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+# The model-family registry: ``@FAMILIES.register("name") def name(config, spec, input_shape)``
+# returns a :class:`monet.models.base.MultiTaskModel` (the builder builds its own encoder).
+FAMILIES = Registry("model family", field="family")

@@ -20,6 +20,7 @@ import torch
 from monet.errors import ConfigError
 from monet.models.base import ModelOutput, MultiTaskModel  # noqa: F401
 from monet.models.encoders import create_encoder
+from monet.registry import FAMILIES
 from monet.tasks import TaskSpec
 
 _FAMILIES: Dict[str, Callable] = {}
@@ -34,7 +35,7 @@ def register_family(name: str):
 
 
 def list_families() -> list:
-    return sorted(_FAMILIES)
+    return sorted(set(_FAMILIES) | set(FAMILIES.names()))
 
 
 def _order_from_config(c, T):
@@ -93,14 +94,22 @@ def create_model(config, spec: TaskSpec, input_shape) -> MultiTaskModel:
 
     Weights are initialised from ``config.seed``.
     """
-    if config.family not in _FAMILIES:
+    if config.family not in _FAMILIES and config.family not in FAMILIES:
         raise ConfigError(f"family: unknown model family {config.family!r}; "
                           f"expected one of {list_families()}")
     torch.manual_seed(int(config.seed))
-    enc, dim = create_encoder(config.backbone, input_shape, pretrained=config.pretrained,
-                              layers=config.enc_layers, width=config.enc_width)
-    model = _FAMILIES[config.family](config, spec, enc, dim)
+    if config.family in FAMILIES:
+        model = FAMILIES.get(config.family)(config, spec, input_shape)
+    else:
+        enc, dim = create_encoder(config.backbone, input_shape, pretrained=config.pretrained,
+                                  layers=config.enc_layers, width=config.enc_width)
+        model = _FAMILIES[config.family](config, spec, enc, dim)
     model.family = config.family
     if config.temperatures:
         model.set_temperatures(config.temperatures)
+    model.configure_loss(config)
     return model
+
+
+import monet.models.mtt  # noqa: E402,F401  registers mtt
+import monet.models.mtca  # noqa: E402,F401  registers mtca
