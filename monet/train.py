@@ -298,7 +298,8 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
                 x, y, m = x.to(device), y.to(device), m.to(device)
                 if data.prepare is not None:
                     x = data.prepare(x, True, gen)
-                out = model(x, y, generator=gen) if hasattr(model, "order_logits") else model(x, y)
+                out = (model(x, y, mask=m, generator=gen) if hasattr(model, "order_logits")
+                       else model(x, y, mask=m))
                 loss, parts = compute_loss(model, out, y, m, spec, weights, c,
                                            warming=step < warm_steps)
                 if not torch.isfinite(loss):
