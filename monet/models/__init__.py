@@ -47,6 +47,11 @@ def _order_from_config(c, T):
     return torch.tensor([order])
 
 
+def _chain(spec) -> int:
+    """Length of the ordered chain of the sequential families: the binary tasks."""
+    return len(spec.indices("binary"))
+
+
 @register_family("vmnc")
 def _vmnc(c, spec, enc, dim):
     from monet.models.vmn import VMN
@@ -63,16 +68,16 @@ def _vmns(c, spec, enc, dim):
 def _monet(c, spec, enc, dim):
     from monet.models.monet import MultiOrderNet
     return MultiOrderNet(enc, dim, spec, hidden=c.hidden, M=c.M, k=c.k, feedback=c.feedback,
-                         feedback_embed=c.feedback_embed, orders=_order_from_config(c, spec.T),
+                         feedback_embed=c.feedback_embed, orders=_order_from_config(c, _chain(spec)),
                          L=c.L, seed=c.seed)
 
 
 @register_family("oracle")
 def _oracle(c, spec, enc, dim):
     from monet.models.monet import MultiOrderNet
-    orders = _order_from_config(c, spec.T)
+    orders = _order_from_config(c, _chain(spec))
     if orders is None:
-        orders = torch.arange(spec.T)[None]
+        orders = torch.arange(_chain(spec))[None]
     return MultiOrderNet(enc, dim, spec, hidden=c.hidden, orders=orders,
                          feedback=c.feedback, feedback_embed=c.feedback_embed, L=c.L, seed=c.seed)
 
@@ -80,9 +85,9 @@ def _oracle(c, spec, enc, dim):
 @register_family("mrnn")
 def _mrnn(c, spec, enc, dim):
     from monet.models.monet import MultiOrderNet, random_orders
-    orders = _order_from_config(c, spec.T)
+    orders = _order_from_config(c, _chain(spec))
     if orders is None:
-        orders = random_orders(spec.T, 1, c.seed)
+        orders = random_orders(_chain(spec), 1, c.seed)
     m = MultiOrderNet(enc, dim, spec, hidden=c.hidden, orders=orders, shared_cell=True,
                       feedback=c.feedback, feedback_embed=c.feedback_embed, L=c.L, seed=c.seed)
     m.family = "mrnn"
