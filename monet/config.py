@@ -163,7 +163,7 @@ class TrainConfig:
         for name in ("d_model", "n_x", "n_t", "n_d", "heads", "knn"):
             if int(getattr(self, name)) < (0 if name in ("n_x", "n_t") else 1):
                 bad(name, ">= 1" if name not in ("n_x", "n_t") else ">= 0")
-        if int(self.d_model) % int(self.heads):
+        if self.family == "mtt" and int(self.d_model) % int(self.heads):
             bad("d_model", f"a multiple of heads = {self.heads}")
         if int(self.au_steps) < 0:
             bad("au_steps", ">= 0 training steps")
