@@ -306,7 +306,9 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ use
     def __call__(self, trial) -> dict:
-        """Suggest one configuration; returns the fixed values (merged into the trial config)."""
+        """Suggest one configuration; returns the fixed values (merged into the trial config),
+        with None for every parameter of the space this trial does not use (another family's,
+        or one whose condition is not met), so that every trial config has the same keys."""
         if len(self.families) > 1:
             family = trial.suggest_categorical("family", list(self.families))
         else:
@@ -328,6 +330,9 @@ class SearchSpace:
             values[p.name] = v
             if p.kind == "fixed":
                 fixed[p.name] = v
+        for name in self.names():       # every trial config has every column (Ray's reporter
+            if name != "family" and name not in values:    # and the tables need the keys):
+                fixed[name] = None      # None = not used by this family / condition
         number = getattr(trial, "number", None)
         if number is not None:                         # links the Tune trial to the study
             fixed[TRIAL_NUMBER_KEY] = int(number)
@@ -531,7 +536,7 @@ def trial_to_train_config(base: dict, params: dict) -> TrainConfig:
     temps = dict(d.get("temperatures") or {})
     weights = dict(d.get("group_weights") or {})
     for k, v in params.items():
-        if k == TRIAL_NUMBER_KEY:
+        if k == TRIAL_NUMBER_KEY or v is None:        # None: not used by this trial's family
             continue
         if k.startswith(TEMPERATURE_PREFIX):
             temps[k[len(TEMPERATURE_PREFIX):]] = float(v)

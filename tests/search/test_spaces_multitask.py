@@ -55,7 +55,7 @@ def test_samples_are_valid_configs_with_wide_log_temperatures_and_conditions():
     temps = [p["temperature/expr"] for p in ps]
     assert min(temps) >= 0.05 and max(temps) <= 20 and max(temps) / min(temps) > 20
     for p in ps:
-        assert ("mixup_alpha" in p) == p["mixup"]              # conditional on mixup
+        assert (p["mixup_alpha"] is not None) == p["mixup"]    # conditional on mixup
         c = trial_to_train_config({**BASE, "family": "mtt"}, p)
         assert c.d_model % c.heads == 0 and 1 <= c.n_x <= 4
         assert c.temperatures == {g: p[f"temperature/{g}"] for g in ("au", "expr", "va")}
@@ -63,7 +63,7 @@ def test_samples_are_valid_configs_with_wide_log_temperatures_and_conditions():
     assert {p["weighting"] for p in ps} == {"fixed", "uncertainty"}
     ca = sample(SearchSpace.build(["mtca"], AFF, 10), 60, seed=1)
     for p in ca:                       # mtca: temperatures only start learned weighting
-        assert ("temperature/au" in p) == (p["weighting"] == "uncertainty")
+        assert (p["temperature/au"] is not None) == (p["weighting"] == "uncertainty")
         assert 1 <= p["knn"] <= 12
 
 
@@ -75,9 +75,13 @@ def test_family_all_samples_every_family_and_tpe_multivariate_group_works():
     assert {p["family"] for p in ps} >= {"mtt", "mtca"}
     tpe = make_sampler("tpe", 0, 5)
     assert tpe._multivariate and tpe._group
+    names = set(space.names()) - {"family"}
     for p in ps:
+        assert names <= set(p)             # every trial config has every column
         c = trial_to_train_config({**BASE, "family": p["family"]}, p)
         assert c.family == p["family"]
+        if p["family"] != "monet":
+            assert p["M"] is None and c.M == 120          # None: the TrainConfig default
 
 
 def test_space_file_fixes_and_drops_the_new_parameters():
@@ -87,9 +91,10 @@ def test_space_file_fixes_and_drops_the_new_parameters():
     space = SearchSpace.build(["mtt", "mtca"], AFF, 10, over, source="s.yaml")
     for p in sample(space, 40):
         assert p["weighting"] == "uncertainty" and p["weight/va"] == 2.0
-        assert "temperature/va" not in p and "mixup_alpha" in p
+        assert "temperature/va" not in p and p["mixup_alpha"] is not None
         if p["family"] == "mtca":
-            assert 2 <= p["knn"] <= 3 and "temperature/au" in p
+            assert 2 <= p["knn"] <= 3 and p["temperature/au"] is not None
+            assert p["heads"] is None and p["n_t"] is None     # mtt's, not used here
         else:
             assert p["n_x"] == 2 and p["d_model"] == 96
         c = trial_to_train_config({**BASE, "family": p["family"]}, p)
