@@ -91,6 +91,16 @@ class TrainConfig:
     test_at_end: bool = False       # evaluate on the test split after training (not in searches)
     tensorboard: bool = True        # write tensorboardX events into the run folder
 
+    def __post_init__(self):
+        # ``--group-weights au=1,expr=0.5`` on the command line arrives as a string
+        if isinstance(self.group_weights, str):
+            try:
+                self.group_weights = {kv.split("=")[0].strip(): float(kv.split("=")[1])
+                                      for kv in self.group_weights.split(",") if kv.strip()}
+            except (IndexError, ValueError):
+                raise ConfigError(f"group_weights: expected group=weight pairs, got "
+                                  f"{self.group_weights!r}") from None
+
     @classmethod
     def fields(cls) -> list:
         return [f.name for f in dataclasses.fields(cls)]
