@@ -174,3 +174,21 @@ def test_p_mtl_eq_13_sums_the_three_task_measures():
     assert met["p_mtl"] == pytest.approx(met["mean_f1/au"] + met["mean_f1/expr"] + va)
     assert met["mean_f1/expr"] == pytest.approx(1.0)      # every expression right
     assert met["mean_f1/au"] == pytest.approx((1 + 2 / 3) / 2)   # AU1 all right; AU2 1 tp, 1 fp
+
+
+def test_multitask_mixup_mixes_inputs_and_labels():
+    m, c = small(spec=TaskSpec(SPEC.tasks[:3]), mixup=True, mixup_alpha=0.4)
+    set_counts(m)
+    torch.manual_seed(5)
+    x = torch.randn(6, 4)
+    y = torch.tensor([[1.0, 0, 2], [0, 1, 1], [1, 1, 0], [0, 0, 2], [1, 0, 1], [0, 1, 0]])
+    mask = torch.ones(6, 3)
+    out = m.train()(x, y)
+    perm, lam = m._mix
+    assert torch.allclose(out.logits[:, 0], m.logits(lam * x + (1 - lam) * x[perm]), atol=1e-5)
+    m.eval()                                             # no counting from here on
+    mixed, _ = m.loss(out, y, mask, torch.ones(3), c)
+    la, _ = m.loss(out, y, mask, torch.ones(3), c)
+    lb, _ = m.loss(out, y[perm], mask, torch.ones(3), c)
+    assert float(mixed.detach()) == pytest.approx(
+        lam * float(la.detach()) + (1 - lam) * float(lb.detach()), rel=1e-5)
