@@ -49,8 +49,8 @@ def batch(B: int, size: int, device, channels_last: bool):
 
 
 def time_family(family: str, args, device) -> dict:
-    c = TrainConfig(family=family, seed=0, **{**PAPER[family],
-                                              **({"backbone": args.backbone} if args.backbone else {})})
+    over = {"backbone": args.backbone} if args.backbone else {}
+    c = TrainConfig(family=family, seed=0, **{**PAPER[family], **over})
     spec = affwild2_spec()
     model = create_model(c, spec, (3, args.size, args.size)).to(device).train()
     if args.channels_last:

@@ -55,7 +55,7 @@ class TrainConfig:
                                     # 'mean' (every kept order trained with equal weight)
     L: int = 20                     # mrnn/monet: inference trajectories
     order: Optional[list] = None    # oracle / mrnn: the task order (0-based); None: seeded random
-    d_model: int = 768              # mtt: token width d; mtca: AU node feature width (paper 003: 768)
+    d_model: int = 768              # mtt: token width d (paper 003: 768); mtca: AU node width
     n_x: int = 2                    # mtt: self-attention layers over the patches (paper: 2)
     n_t: int = 2                    # mtt: token modules, self- then cross-attention (paper: 2)
     n_d: int = 4                    # mtt: dense layers per task group, ReLU, last linear (paper: 4)

@@ -234,7 +234,8 @@ def temperature_weights(spec: TaskSpec, temps: dict) -> torch.Tensor:
 
     Example:
         >>> from monet.tasks import Task
-        >>> spec = TaskSpec((Task("a"), Task("e", "multiclass", 3, "e"), Task("v", "regression", 1, "v")))
+        >>> spec = TaskSpec((Task("a"), Task("e", "multiclass", 3, "e"),
+        ...                  Task("v", "regression", 1, "v")))
         >>> temperature_weights(spec, {"task": 2.0, "e": 5.0, "v": 4.0})
         tensor([0.2500, 0.2000, 0.2500])
     """

@@ -68,7 +68,8 @@ def _vmns(c, spec, enc, dim):
 def _monet(c, spec, enc, dim):
     from monet.models.monet import MultiOrderNet
     return MultiOrderNet(enc, dim, spec, hidden=c.hidden, M=c.M, k=c.k, feedback=c.feedback,
-                         feedback_embed=c.feedback_embed, orders=_order_from_config(c, _chain(spec)),
+                         feedback_embed=c.feedback_embed,
+                         orders=_order_from_config(c, _chain(spec)),
                          L=c.L, seed=c.seed)
 
 

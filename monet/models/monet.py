@@ -188,7 +188,8 @@ class MultiOrderNet(MultiTaskModel):
         self.head_b = nn.Parameter(torch.empty(T).uniform_(-bound, bound))
         # order-independent heads of the non-binary tasks, on the shared state h0
         self.extra_heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, spec.tasks[j].out_dim))
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(),
+                          nn.Linear(hidden, spec.tasks[j].out_dim))
             for j in self.extra)
         self.register_buffer("orders", orders)
         # Order logits u (eq. 18); a parameter only when there is something to select.

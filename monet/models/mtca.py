@@ -43,14 +43,14 @@ Example:
     >>> import torch
     >>> from monet.config import TrainConfig
     >>> from monet.data.affwild2 import spec
-    >>> m = mtca(TrainConfig(family="mtca", backbone="tiny_cnn", d_model=16, knn=3), spec(), (3, 32, 32))
+    >>> c = TrainConfig(family="mtca", backbone="tiny_cnn", d_model=16, knn=3)
+    >>> m = mtca(c, spec(), (3, 32, 32))
     >>> m(torch.zeros(2, 3, 32, 32)).logits.shape
     torch.Size([2, 1, 22])
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -58,7 +58,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Sequence
 

@@ -24,7 +24,8 @@ def data():
 
 
 def test_group_weights_scale_the_task_nll():
-    c = TrainConfig(family="vmnc", head_width=8, enc_width=8, group_weights={"expr": 0.0, "va": 2.0})
+    c = TrainConfig(family="vmnc", head_width=8, enc_width=8,
+                    group_weights={"expr": 0.0, "va": 2.0})
     m = create_model(c, SPEC, (4,)).eval()
     x, y, mask = data()
     out = m(x, y, mask=mask)

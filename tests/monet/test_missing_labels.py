@@ -44,7 +44,8 @@ def loss_and_grads(model, x, y, mask, config):
     w = torch.ones(SPEC.T)
     loss, _ = compute_loss(m, out, y, mask, SPEC, w, config)
     loss.backward()
-    return float(loss.detach()), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
 
 
 @pytest.mark.parametrize("family", FAMILIES6)

@@ -1,5 +1,6 @@
 """The cross-attention network with an AU relation graph (paper 002): ANFL (eqs. 1-3), the heads
-(eqs. 4-7), the losses (eqs. 8-11) against hand-worked values, the staged schedule, P_MTL (eq. 13)."""
+(eqs. 4-7), the losses (eqs. 8-11) against hand-worked values, the staged schedule, MixUp, and
+P_MTL (eq. 13)."""
 import math
 
 import pytest
@@ -51,7 +52,8 @@ def test_anfl_knn_graph_and_cosine_probability():
     sim = v @ v.transpose(1, 2)
     for b in range(3):
         for i in range(4):
-            assert set(a[b, i].nonzero().flatten().tolist()) == set(sim[b, i].topk(2).indices.tolist())
+            kept = set(a[b, i].nonzero().flatten().tolist())
+            assert kept == set(sim[b, i].topk(2).indices.tolist())
     p, h = g(x)
     cos = (torch.relu(h) * torch.relu(g.s)).sum(-1) / (
         torch.relu(h).norm(dim=-1) * torch.relu(g.s).norm(dim=-1))
@@ -112,7 +114,8 @@ def test_group_weights_and_uncertainty_weighting():
     set_counts(m)
     out, y, mask = hand_batch()
     loss, p = m.loss(out, y, mask, torch.ones(5), c)
-    assert float(loss.detach()) == pytest.approx(2 * float(p["loss/au"]) + float(p["loss/expr"]), rel=1e-5)
+    want = 2 * float(p["loss/au"]) + float(p["loss/expr"])
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
     u, cu = small(weighting="uncertainty", temperatures={"au": 2.0, "expr": 4.0, "va": 0.5})
     u.eval()
     set_counts(u)

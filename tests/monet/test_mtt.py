@@ -159,7 +159,8 @@ def test_multitask_mixup_mixes_inputs_and_labels():
     mixed, _ = m.loss(out, y, mask, torch.ones(3), c)
     la, _ = m.loss(out, y, mask, torch.ones(3), c)          # _mix was consumed: plain losses
     lb, _ = m.loss(out, y[perm], mask, torch.ones(3), c)
-    assert float(mixed.detach()) == pytest.approx(lam * float(la.detach()) + (1 - lam) * float(lb.detach()), rel=1e-5)
+    want = lam * float(la.detach()) + (1 - lam) * float(lb.detach())
+    assert float(mixed.detach()) == pytest.approx(want, rel=1e-5)
     m.eval()
     m(x, y)
     assert m._mix is None                                     # never at evaluation
