@@ -37,7 +37,7 @@ class TrainConfig:
     augment: bool = False           # face data: flip + small rotation/zoom on tensors
     num_workers: int = 0            # DataLoader workers for image folders
     # ---- model ------------------------------------------------------------------------------
-    family: str = "monet"           # vmnc | vmns | mrnn | monet | oracle
+    family: str = "monet"           # vmnc | vmns | mrnn | monet | oracle | mtt | mtca
     backbone: str = "auto"          # 'auto': mlp for vectors, inception_v3 for images; or 'mlp',
                                     # 'tiny_cnn', any timm name (inception_v3, resnet50, ...)
     pretrained: Optional[str] = None  # local weights file for the backbone (never downloaded)
@@ -56,6 +56,16 @@ class TrainConfig:
                                     # 'mean' (every kept order trained with equal weight)
     L: int = 20                     # mrnn/monet: inference trajectories
     order: Optional[list] = None    # oracle / mrnn: the task order (0-based); None: seeded random
+    d_model: int = 768              # mtt: token width d (paper 003: 768); mtca: AU node width
+    n_x: int = 2                    # mtt: self-attention layers over the patches (paper: 2)
+    n_t: int = 2                    # mtt: token modules, self- then cross-attention (paper: 2)
+    n_d: int = 4                    # mtt: dense layers per task group, ReLU, last linear (paper: 4)
+    heads: int = 12                 # mtt: attention heads; d_model must be a multiple (paper: 12)
+    knn: int = 4                    # mtca: neighbours kept per AU node in the ANFL graph
+    cross_attn: bool = True         # mtca: AU-to-FER cross attention (paper 002 eqs. 6-7)
+    au_steps: int = 0               # mtca: first training steps with the AU loss only (staged)
+    mixup: bool = False             # mtt/mtca: multi-task MixUp of inputs and labels (003 §4.2)
+    mixup_alpha: float = 0.2        # MixUp: lambda ~ Beta(alpha, alpha)
     # ---- optimisation -----------------------------------------------------------------------
     optimizer: str = "adam"         # adam | adamw
     lr: float = 5e-4
@@ -70,13 +80,27 @@ class TrainConfig:
     dice_lambda: float = 0.0        # weight of the Dice term (paper AU runs: 0.5)
     task_weighting: bool = False    # inverse-frequency per-task weights (normalised to mean 1)
     bias_init: bool = False         # output bias from training label priors
-    temperatures: dict = field(default_factory=dict)  # group -> logit temperature (paper 003)
+    temperatures: dict = field(default_factory=dict)  # group -> logit temperature (paper 003);
+                                    # a regression group's value is its variance sigma^2
+    group_weights: dict = field(default_factory=dict)  # group -> loss weight (1 if not named)
+    weighting: str = "fixed"        # fixed | uncertainty (learned log temperature per group,
+                                    # with Kendall et al.'s 1/2 log T term)
     # ---- run --------------------------------------------------------------------------------
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 1       # write a checkpoint every this many evaluation rounds
     test_at_end: bool = False       # evaluate on the test split after training (not in searches)
     tensorboard: bool = True        # write tensorboardX events into the run folder
+
+    def __post_init__(self):
+        # ``--group-weights au=1,expr=0.5`` on the command line arrives as a string
+        if isinstance(self.group_weights, str):
+            try:
+                self.group_weights = {kv.split("=")[0].strip(): float(kv.split("=")[1])
+                                      for kv in self.group_weights.split(",") if kv.strip()}
+            except (IndexError, ValueError):
+                raise ConfigError(f"group_weights: expected group=weight pairs, got "
+                                  f"{self.group_weights!r}") from None
 
     @classmethod
     def fields(cls) -> list:
@@ -142,5 +166,19 @@ class TrainConfig:
         if not isinstance(self.temperatures, dict) or any(
                 not float(v) > 0 for v in self.temperatures.values()):
             bad("temperatures", "a mapping task group -> positive temperature")
+        if not isinstance(self.group_weights, dict) or any(
+                not float(v) >= 0 for v in self.group_weights.values()):
+            bad("group_weights", "a mapping task group -> weight >= 0")
+        if self.weighting not in ("fixed", "uncertainty"):
+            bad("weighting", "'fixed' or 'uncertainty'")
+        for name in ("d_model", "n_x", "n_t", "n_d", "heads", "knn"):
+            if int(getattr(self, name)) < (0 if name in ("n_x", "n_t") else 1):
+                bad(name, ">= 1" if name not in ("n_x", "n_t") else ">= 0")
+        if self.family == "mtt" and int(self.d_model) % int(self.heads):
+            bad("d_model", f"a multiple of heads = {self.heads}")
+        if int(self.au_steps) < 0:
+            bad("au_steps", ">= 0 training steps")
+        if not float(self.mixup_alpha) > 0:
+            bad("mixup_alpha", "> 0")
         if int(self.hidden) < 1 or int(self.enc_width) < 1 or int(self.head_width) < 1:
             bad("hidden", "positive layer widths")

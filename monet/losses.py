@@ -228,12 +228,24 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tens
 
 def temperature_weights(spec: TaskSpec, temps: dict) -> torch.Tensor:
     """Per-task loss factors from group temperatures (paper 003 eqs. 3-5): 1/(2T) for binary
-    tasks, 1/T for multiclass, 1 for regression; 1 for groups without a temperature."""
+    tasks, 1/T for multiclass, and 1/sigma^2 for regression (the temperature of a regression group
+    is its variance; the regression NLL ``(z - y)^2 / 2`` then becomes ``MSE / (2 sigma^2)``);
+    1 for groups without a temperature.
+
+    Example:
+        >>> from monet.tasks import Task
+        >>> spec = TaskSpec((Task("a"), Task("e", "multiclass", 3, "e"),
+        ...                  Task("v", "regression", 1, "v")))
+        >>> temperature_weights(spec, {"task": 2.0, "e": 5.0, "v": 4.0})
+        tensor([0.2500, 0.2000, 0.2500])
+    """
     w = []
     for t in spec.tasks:
         T = temps.get(t.group)
-        if T is None or t.kind == "regression":
+        if T is None:
             w.append(1.0)
+        elif t.kind == "regression":
+            w.append(1.0 / T)
         else:
             w.append(1.0 / (2.0 * T) if t.kind == "binary" else 1.0 / T)
     return torch.tensor(w)

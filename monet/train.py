@@ -114,7 +114,13 @@ def init_output_bias(model, data: DataBundle) -> None:
 
 def compute_loss(model, out, y, mask, spec, weights, config, warming: bool = False) -> tuple:
     """Total loss and its parts for one batch. ``warming``: inside MONET's warmup, where
-    ``config.warmup_loss == 'mean'`` trains every kept order with equal weight."""
+    ``config.warmup_loss == 'mean'`` trains every kept order with equal weight. A model with a
+    ``loss(out, y, mask, weights, config)`` method (mtt, mtca) computes its own."""
+    if hasattr(model, "loss"):
+        return model.loss(out, y, mask, weights, config)
+    reg = None
+    if hasattr(model, "group_scale"):  # per-group weights; learned temperatures (uncertainty)
+        weights, reg = model.group_scale(weights, config.temperatures)
     nll = task_nll(out.logits, y, mask, spec, weights, kind_binary=config.loss)   # [B, K]
     if warming and config.warmup_loss == "mean":
         loss_nll = nll.mean()
@@ -131,6 +137,9 @@ def compute_loss(model, out, y, mask, spec, weights, config, warming: bool = Fal
             d = dice_loss(mix[:, offs], y[:, b], mask[:, b], weights[b])
             parts["dice"] = d
             loss = loss + config.dice_lambda * d
+    if reg is not None and getattr(model, "log_tau", None) is not None:
+        parts["uncertainty"] = reg
+        loss = loss + reg
     return loss, parts
 
 
@@ -148,9 +157,12 @@ def evaluate(model, split, spec, config: TrainConfig, weights: torch.Tensor,
         if prepare is not None:
             x = prepare(x, False, None)
         preds.append(model.predict(x, L=config.L, generator=gen).float().cpu())
-        out = model(x, y)
-        nll = task_nll(out.logits, y, m, spec, weights.to(device), kind_binary=config.loss)
-        losses += float(mixture_nll(nll, out.log_w).sum())
+        out = model(x, y, mask=m)
+        if hasattr(model, "loss"):
+            losses += float(model.loss(out, y, m, weights.to(device), config)[0]) * len(y)
+        else:
+            nll = task_nll(out.logits, y, m, spec, weights.to(device), kind_binary=config.loss)
+            losses += float(mixture_nll(nll, out.log_w).sum())
         n += len(y)
         ys.append(y.cpu())
         ms.append(m.cpu())
@@ -252,7 +264,8 @@ def train_round(model, data: DataBundle, config: TrainConfig, plan: StepPlan, op
         x, y, m = (v.to(device) for v in _fetch(data.train, perm[a:b]))
         if data.prepare is not None:
             x = data.prepare(x, True, gen)
-        out = model(x, y, generator=gen) if hasattr(model, "order_logits") else model(x, y)
+        out = (model(x, y, mask=m, generator=gen) if hasattr(model, "order_logits")
+               else model(x, y, mask=m))
         loss, parts = compute_loss(model, out, y, m, data.spec, weights, config,
                                    warming=step < plan.warmup_steps)
         if not torch.isfinite(loss):

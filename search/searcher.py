@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -296,8 +297,13 @@ def make_storage(url: Optional[str]):
 
 
 def make_sampler(kind: str, seed: int, n_startup_trials: int):
-    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials) or ``random`` (seeded)."""
+    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials; ``multivariate=True,
+    group=True`` so that conditional parameters, k on M, mixup_alpha on mixup, the mtca
+    temperatures on weighting, are sampled jointly) or ``random`` (seeded)."""
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
-                                      n_startup_trials=n_startup_trials)
+    with warnings.catch_warnings():       # multivariate/group are flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                          n_startup_trials=n_startup_trials,
+                                          multivariate=True, group=True)

@@ -18,7 +18,10 @@ batch_size         all                             16, 32, 64, 128
 enc_width          all (encoder hidden units)      32, 64, 128
 dice_lambda        all                             0..1
 task_weighting     all                             false, true
-temperature/<g>    all, one per task group g       0.5..10 log (paper 003: T_a, T_e)
+temperature/<g>    all, one per task group g       0.5..10 log (paper 003: T_a, T_e; a
+                                                   regression group's value is sigma_v^2)
+weight/<g>         all, with several task groups   0.1..10 log (loss weight of group g)
+weighting          all, with several task groups   fixed, uncertainty (learned temperatures)
 hidden             mrnn, monet, oracle (GRU)       32, 64, 128
 L                  mrnn, monet, oracle             10, 20, 40
 M                  monet                           1..min(T!, 128) log
@@ -27,7 +30,22 @@ warmup             monet                           0..min(5, max_epochs / 2) epo
 order_lr           monet                           1e-3..5e-2 log
 head_width         vmnc, vmns                      32, 64, 128
 dropout            vmnc, vmns                      0..0.5
+temperature/<g>    mtt, mtca (instead of above)    0.05..20 log; mtca: only when
+                                                   weighting = uncertainty (their start)
+d_model            mtt                             96, 192, 384, 768 (multiples of 12)
+heads              mtt                             4, 8, 12
+n_x, n_t, n_d      mtt                             1..4 each (paper: 2, 2, 4)
+d_model            mtca (AU node width)            96, 192, 384, 768 (one distribution)
+knn                mtca                            1..number of binary tasks
+cross_attn         mtca                            true, false
+mixup              mtt, mtca                       false, true
+mixup_alpha        mtt, mtca                       0.1..1 log, only when mixup is true
 =================  ==============================  ==============================
+
+mtt and mtca do without ``dice_lambda`` (their losses have no Dice term) and mtca without
+``task_weighting`` (it weights AUs by eq. 9 itself). A parameter with a condition is suggested
+only when its parent (sampled or fixed earlier) has the given value; otherwise the TrainConfig
+default is used. ``d_model`` and ``heads`` are checked together: every pair must divide.
 
 A YAML file changes it without code (``--space my_space.yaml``)::
 
@@ -60,9 +78,12 @@ from monet.config import TrainConfig
 from monet.errors import ConfigError
 from search.settings import flag_owned_fields
 
-FAMILIES_ALL = ("vmnc", "vmns", "mrnn", "monet")   # what --family all searches across
+FAMILIES_ALL = ("vmnc", "vmns", "mrnn", "monet", "mtt", "mtca")   # what --family all searches
 M_CAP = 128                                         # default upper end of M (paper toy grid: 128+)
 TEMPERATURE_PREFIX = "temperature/"
+D_MODELS = [96, 192, 384, 768]    # mtt and mtca share the choices (one Optuna distribution)
+WEIGHT_PREFIX = "weight/"                           # weight/<group> -> TrainConfig.group_weights
+GROUP_PREFIXES = (TEMPERATURE_PREFIX, WEIGHT_PREFIX)
 TRIAL_NUMBER_KEY = "optuna_trial"                   # the Optuna trial number, in every config
 WARM_START_KEY = "warm_start"                       # where a warm-started trial came from
 
@@ -83,6 +104,7 @@ class Param:
         step: grid step (optional).
         choices: categorical choices.
         value: the fixed value.
+        when: ``(parent, value)``: suggested only when the parent parameter took ``value``.
     """
 
     name: str
@@ -93,6 +115,7 @@ class Param:
     step: Any = None
     choices: list = field(default_factory=list)
     value: Any = None
+    when: Optional[tuple] = None
 
     def suggest(self, trial, high=None):
         """Ask ``trial`` for a value (``high`` overrides the upper end: conditional ranges)."""
@@ -136,14 +159,39 @@ def _c(name, choices):
     return Param(name, "categorical", choices=list(choices))
 
 
-def default_params(family: str, groups, T: int, max_epochs: float) -> list:
-    """The default parameters of ``family``, in suggestion order."""
+def default_params(family: str, groups, T: int, max_epochs: float,
+                   n_binary: Optional[int] = None) -> list:
+    """The default parameters of ``family``, in suggestion order (``n_binary``: binary tasks,
+    default T)."""
+    n_binary = T if n_binary is None else int(n_binary)
+    multi = family in ("mtt", "mtca")
     common = [_f("lr", 1e-4, 1e-2, log=True), _f("weight_decay", 1e-7, 1e-3, log=True),
               _f("lr_decay", 0.95, 1.0), _c("batch_size", [16, 32, 64, 128]),
-              _c("enc_width", [32, 64, 128]), _f("dice_lambda", 0.0, 1.0),
-              _c("task_weighting", [False, True])]
-    common += [_f(TEMPERATURE_PREFIX + g, 0.5, 10.0, log=True) for g in groups]
-    if family == "monet":
+              _c("enc_width", [32, 64, 128])]
+    if not multi:
+        common.append(_f("dice_lambda", 0.0, 1.0))
+    if family != "mtca":
+        common.append(_c("task_weighting", [False, True]))
+    if len(groups) > 1 or multi:
+        common.append(_c("weighting", ["fixed", "uncertainty"]))
+    if multi:
+        when = ("weighting", "uncertainty") if family == "mtca" else None
+        common += [Param(TEMPERATURE_PREFIX + g, "float", 0.05, 20.0, log=True, when=when)
+                   for g in groups]
+    else:
+        common += [_f(TEMPERATURE_PREFIX + g, 0.5, 10.0, log=True) for g in groups]
+    if len(groups) > 1:
+        common += [_f(WEIGHT_PREFIX + g, 0.1, 10.0, log=True) for g in groups]
+    mix = [_c("mixup", [False, True]),
+           Param("mixup_alpha", "float", 0.1, 1.0, log=True, when=("mixup", True))]
+    if family == "mtt":
+        own = [_c("d_model", D_MODELS), _c("heads", [4, 8, 12]),
+               Param("n_x", "int", 1, 4), Param("n_t", "int", 1, 4), Param("n_d", "int", 1, 4)
+               ] + mix
+    elif family == "mtca":
+        own = [_c("d_model", D_MODELS), Param("knn", "int", 1, max(1, n_binary)),
+               _c("cross_attn", [True, False])] + mix
+    elif family == "monet":
         m_max = min(math.factorial(T), M_CAP)
         own = [_c("hidden", [32, 64, 128]), Param("M", "int", 1, m_max, log=True),
                Param("k", "int", 1, None),
@@ -181,7 +229,8 @@ class SearchSpace:
         """
         families = list(families)
         T, groups = spec.T, list(spec.groups)
-        per = {f: default_params(f, groups, T, max_epochs) for f in families}
+        nb = len(spec.indices("binary"))
+        per = {f: default_params(f, groups, T, max_epochs, nb) for f in families}
         overrides = dict(overrides or {})
         known = {p.name for ps in per.values() for p in ps}
         allowed = set(TrainConfig.fields()) | known
@@ -190,10 +239,11 @@ class SearchSpace:
             if name in FLAG_FIELDS:
                 raise ConfigError(f"{source}: parameter {name!r} is set by the flag "
                                   f"{FLAG_FIELDS[name]}, not by the space file")
-            if name.startswith(TEMPERATURE_PREFIX) and name not in known:
+            pre = next((p for p in GROUP_PREFIXES if name.startswith(p)), None)
+            if pre is not None and name[len(pre):] not in groups:
                 raise ConfigError(f"{source}: parameter {name!r}: the dataset has no task group "
-                                  f"{name[len(TEMPERATURE_PREFIX):]!r}; expected one of "
-                                  f"{[TEMPERATURE_PREFIX + g for g in groups]}")
+                                  f"{name[len(pre):]!r}; expected one of "
+                                  f"{[pre + g for g in groups]}")
             if name not in allowed:
                 raise ConfigError(f"{source}: unknown parameter {name!r}; expected a search "
                                   f"parameter {sorted(known)} or a TrainConfig field")
@@ -208,6 +258,8 @@ class SearchSpace:
                 if template is None and name in known:
                     continue                            # another family's parameter
                 p = _parse_param(name, spec_v, template, source)
+                if template is not None and p.kind != "fixed":
+                    p.when = template.when
                 if idx is None:
                     ps.append(p)
                 else:
@@ -230,6 +282,8 @@ class SearchSpace:
             by = {p.name: p for p in ps}
             for p in ps:
                 _check_values(p, source)
+            if fam == "mtt":
+                _check_heads(by, source)
             if fam != "monet":
                 continue
             m = by.get("M") or Param("M", "fixed", value=min(TrainConfig.M, tfact))
@@ -247,7 +301,9 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ use
     def __call__(self, trial) -> dict:
-        """Suggest one configuration; returns the fixed values (merged into the trial config)."""
+        """Suggest one configuration; returns the fixed values (merged into the trial config),
+        with None for every parameter of the space this trial does not use (another family's,
+        or one whose condition is not met), so that every trial config has the same keys."""
         if len(self.families) > 1:
             family = trial.suggest_categorical("family", list(self.families))
         else:
@@ -255,6 +311,11 @@ class SearchSpace:
         fixed = {}
         values = {}
         for p in self.params[family]:
+            if p.when is not None:
+                parent, want = p.when
+                got = values.get(parent, getattr(TrainConfig, parent, None))
+                if got != want:
+                    continue
             high = None
             if p.name == "k" and p.kind in ("int", "float"):
                 high = int(values["M"]) if p.high is None else min(int(p.high), int(values["M"]))
@@ -264,6 +325,9 @@ class SearchSpace:
             values[p.name] = v
             if p.kind == "fixed":
                 fixed[p.name] = v
+        for name in self.names():       # every trial config has every column (Ray's reporter
+            if name != "family" and name not in values:    # and the tables need the keys):
+                fixed[name] = None      # None = not used by this family / condition
         number = getattr(trial, "number", None)
         if number is not None:                         # links the Tune trial to the study
             fixed[TRIAL_NUMBER_KEY] = int(number)
@@ -322,7 +386,7 @@ def _num(v, name, source, what):
 
 
 def _field_kind(name):
-    if name.startswith(TEMPERATURE_PREFIX):
+    if name.startswith(GROUP_PREFIXES):
         return "float"
     default = getattr(TrainConfig, name, None)
     if isinstance(default, bool):
@@ -411,6 +475,16 @@ def _check_values(p: Param, source) -> None:
                 raise ConfigError(f"{source}: parameter {p.name!r} = {v!r}; expected a positive "
                                   f"temperature")
             continue
+        if p.name.startswith(WEIGHT_PREFIX):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ConfigError(f"{source}: parameter {p.name!r} = {v!r}; expected a loss "
+                                  f"weight >= 0")
+            continue
+        if p.name in ("d_model", "heads"):             # checked together in _check_heads
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{source}: parameter {p.name!r} = {v!r}; expected a positive "
+                                  f"integer")
+            continue
         if p.name in ("M", "k"):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{source}: parameter {p.name!r} = {v!r}; expected an integer")
@@ -423,19 +497,51 @@ def _check_values(p: Param, source) -> None:
             raise ConfigError(f"{source}: parameter {p.name!r} = {v!r} has the wrong type") from None
 
 
+def _values_of(p: Optional[Param], default) -> list:
+    if p is None:
+        return [default]
+    if p.kind == "fixed":
+        return [p.value]
+    if p.kind == "categorical":
+        return list(p.choices)
+    if p.kind == "int" and p.high is not None and p.high - p.low <= 4096:
+        return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
+    return []
+
+
+def _check_heads(by: dict, source) -> None:
+    """Every (d_model, heads) pair the space can draw must divide (attention heads)."""
+    if "d_model" not in by and "heads" not in by:
+        return
+    ds = _values_of(by.get("d_model"), TrainConfig.d_model)
+    hs = _values_of(by.get("heads"), TrainConfig.heads)
+    if not ds or not hs:
+        raise ConfigError(f"{source}: parameters 'd_model' and 'heads' must be lists or fixed "
+                          f"values (every pair has to divide)")
+    bad = [(d, h) for d in ds for h in hs if d % h]
+    if bad:
+        raise ConfigError(f"{source}: parameters 'd_model' and 'heads': d_model {bad[0][0]} is "
+                          f"not a multiple of heads {bad[0][1]}; expected every pair to divide")
+
+
 def trial_to_train_config(base: dict, params: dict) -> TrainConfig:
     """The full :class:`TrainConfig` of one trial: ``base`` (flags) + the trial's ``params``.
 
-    ``params`` is flat (``temperature/<g>`` keys are gathered into ``temperatures``).
+    ``params`` is flat (``temperature/<g>`` keys are gathered into ``temperatures``,
+    ``weight/<g>`` keys into ``group_weights``).
     """
     d = dict(base)
     temps = dict(d.get("temperatures") or {})
+    weights = dict(d.get("group_weights") or {})
     for k, v in params.items():
-        if k in (TRIAL_NUMBER_KEY, WARM_START_KEY):
+        if k in (TRIAL_NUMBER_KEY, WARM_START_KEY) or v is None:   # None: not this family's
             continue
         if k.startswith(TEMPERATURE_PREFIX):
             temps[k[len(TEMPERATURE_PREFIX):]] = float(v)
+        elif k.startswith(WEIGHT_PREFIX):
+            weights[k[len(WEIGHT_PREFIX):]] = float(v)
         else:
             d[k] = v
     d["temperatures"] = temps
+    d["group_weights"] = weights
     return TrainConfig.from_dict(d, source="trial config")

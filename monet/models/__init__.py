@@ -3,7 +3,9 @@
 Families: ``vmnc``, ``vmns`` (vanilla multi-task networks, :mod:`monet.models.vmn`), ``mrnn``
 (one shared GRU cell, a seeded random order), ``monet`` (task-wise GRU cells, learned order
 selection) and ``oracle`` (MONET with M = 1 and a given order, the identity by default), all in
-:mod:`monet.models.monet`. Each family registers its builder
+:mod:`monet.models.monet`; ``mtt`` (the multi-task transformer of paper 003,
+:mod:`monet.models.mtt`) and ``mtca`` (the cross-attention AU-graph network of paper 002,
+:mod:`monet.models.mtca`). Each family registers its builder
 ``fn(config, spec, input_shape) -> MultiTaskModel`` where it is defined; this package imports the
 built-in modules below, so a broken model module fails here, loudly.
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import torch
 
 import monet.models.monet  # noqa: F401  registers monet, oracle, mrnn
+import monet.models.mtca  # noqa: F401  registers mtca
+import monet.models.mtt  # noqa: F401  registers mtt
 import monet.models.vmn  # noqa: F401  registers vmnc, vmns
 from monet.models.base import ModelOutput, MultiTaskModel  # noqa: F401
 from monet.registry import FAMILIES
@@ -41,4 +45,5 @@ def create_model(config, spec: TaskSpec, input_shape) -> MultiTaskModel:
     model.family = config.family
     if config.temperatures:
         model.set_temperatures(config.temperatures)
+    model.configure_loss(config)
     return model

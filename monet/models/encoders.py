@@ -118,6 +118,33 @@ def create_encoder(name: str, input_shape, pretrained: Optional[str] = None, **k
                                      known=ENCODERS.names(), **kw)
 
 
+def conv_feature_map(name: str, input_shape, pretrained: Optional[str] = None):
+    """An image backbone returning its last feature map (no final pooling):
+    ``(module, channels)``, for the token models (mtt, mtca).
+
+    ``tiny_cnn`` is the conv stack of :class:`TinyCNN`; ``auto`` is Inception-v3; any other name
+    is a timm model built with ``num_classes=0, global_pool=''`` (never downloaded;
+    ``pretrained`` is a local weights file, see :func:`monet.models.backbones.load_weights`).
+    """
+    name = resolve_backbone(name, input_shape)
+    c = int(input_shape[0])
+    if name == "tiny_cnn":
+        net = TinyCNN(c)
+        if pretrained:
+            backbones.load_weights(net, pretrained, name=name)
+        return net.features, net.out_dim
+    timm = backbones._timm()
+    if not timm.is_model(name):
+        raise backbones._unknown(name, ENCODERS.names())
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=c)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise ConfigError(f"backbone: timm cannot build {name!r} without pooling: {e}") from e
+    if pretrained:
+        backbones.load_weights(net, pretrained, name=name)
+    return net, int(net.num_features)
+
+
 def encoder_data_config(name: str) -> dict:
     """Input size and normalisation image encoder ``name`` expects: monet encoders take any size
     (``input_size=None``) with ImageNet mean/std; timm models (and ``auto``: Inception-v3) as

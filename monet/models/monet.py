@@ -7,6 +7,18 @@ One class covers three families:
 * ``oracle``: MONET with M = 1 and a given order (the identity by default).
 * ``mrnn`` (§3.1.2): one shared GRU cell, one fixed random order drawn from the seed.
 
+Mixed task specs (Aff-Wild2). The ordered chain runs over the binary tasks only (the 12 AUs);
+every other task (expression: multiclass, valence/arousal: regression) gets its own head
+(dense -> ReLU -> dense) on the shared encoder state ``h0``. Those outputs do not depend on the
+order, so in the mixture NLL of eq. 18 their NLL is the same for every kept order and comes out
+of the log-sum-exp: ``loss = NLL_heads + (-logsumexp_k [log pi~_k + ... chain NLL of order k])``.
+Per-group loss weights and learned (uncertainty) weights scale each task's NLL before the
+mixture (``MultiTaskModel.group_scale``).
+
+Missing labels. A label with mask 0 is fed back to the next cell as 0 (neither positive nor
+negative: the signed label ``(2y - 1)`` times the mask); without a mask, a non-finite label
+counts as missing. Its loss term is masked by ``monet.losses.task_nll``.
+
 Vectorisation. Under teacher forcing the hidden state after step t only depends on the input and
 on the first t tasks of the order (their ground-truth labels are fixed), so every *distinct
 prefix* of the kept orders is computed once per example. The prefixes of the M orders form a
@@ -130,11 +142,15 @@ class MultiOrderNet(MultiTaskModel):
                  shared_cell: bool = False, feedback: str = "prev", feedback_embed: int = 0,
                  L: int = 20, seed: int = 0):
         super().__init__(spec)
-        if not spec.all_binary:
-            bad = [t.name for t in spec.tasks if t.kind != "binary"]
-            raise ConfigError(f"family: sequential families (monet, mrnn, oracle) need binary tasks; "
-                              f"tasks {bad} are not binary (use vmnc or vmns)")
-        T = spec.T
+        chain = spec.indices("binary")
+        if not chain:
+            raise ConfigError("family: sequential families (monet, mrnn, oracle) chain binary "
+                              "tasks, and this dataset has none (use vmnc, vmns, mtt or mtca)")
+        T = len(chain)                                          # the chain: binary tasks only
+        self.register_buffer("chain", torch.tensor(chain, dtype=torch.long), persistent=False)
+        self.register_buffer("chain_out", torch.tensor([spec.offsets[j] for j in chain],
+                                                       dtype=torch.long), persistent=False)
+        self.extra = [j for j, t in enumerate(spec.tasks) if t.kind != "binary"]
         if orders is None:
             orders = random_orders(T, int(M), seed)
         orders = torch.as_tensor(orders, dtype=torch.long)
@@ -170,6 +186,11 @@ class MultiOrderNet(MultiTaskModel):
         # Task-specific output layers o = <w_t, h> + b_t.
         self.head_w = nn.Parameter(torch.empty(T, hidden).uniform_(-bound, bound))
         self.head_b = nn.Parameter(torch.empty(T).uniform_(-bound, bound))
+        # order-independent heads of the non-binary tasks, on the shared state h0
+        self.extra_heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(),
+                          nn.Linear(hidden, spec.tasks[j].out_dim))
+            for j in self.extra)
         self.register_buffer("orders", orders)
         # Order logits u (eq. 18); a parameter only when there is something to select.
         self.order_logits = nn.Parameter(torch.zeros(M)) if M > 1 else None
@@ -178,7 +199,7 @@ class MultiOrderNet(MultiTaskModel):
 
     # ------------------------------------------------------------------ order selector
     def init_binary_bias(self, log_odds: torch.Tensor) -> None:
-        """Output bias of every task <- ``log_odds`` ``[T]`` (all tasks are binary here)."""
+        """Output bias of the chain (binary) tasks <- ``log_odds`` ``[T]``, in task order."""
         with torch.no_grad():
             self.head_b.copy_(log_odds.to(self.head_b))
 
@@ -278,16 +299,38 @@ class MultiOrderNet(MultiTaskModel):
         return u.topk(self.k, dim=1).indices
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, x, y, kept: Optional[torch.Tensor] = None,
+    def signed_feedback(self, y: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``(2y - 1) * mask`` over the chain tasks ``[B, T]``: +1 / -1 for present labels, 0 for
+        missing ones (mask 0, or a non-finite label when no mask is given)."""
+        yb = y[:, self.chain]
+        ok = torch.isfinite(yb) if mask is None else (mask[:, self.chain] > 0) & torch.isfinite(yb)
+        return torch.where(ok, 2.0 * yb - 1.0, torch.zeros_like(yb))
+
+    def full_logits(self, chain_logits: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        """Chain logits ``[B, K, T]`` + the extra heads on ``h0`` -> ``[B, K, D]`` (task order)."""
+        if not self.extra:
+            return chain_logits
+        B, K, _ = chain_logits.shape
+        D = sum(self.spec.out_dims)
+        z = chain_logits.new_zeros(B, K, D).index_copy(2, self.chain_out, chain_logits)
+        offs = self.spec.offsets
+        for j, head in zip(self.extra, self.extra_heads):
+            o = head(h0)                                                         # [B, out]
+            z[:, :, offs[j]:offs[j] + o.shape[1]] = o[:, None, :].expand(B, K, -1)
+        return z
+
+    def forward(self, x, y, mask: Optional[torch.Tensor] = None,
+                kept: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> ModelOutput:
         """Teacher-forced forward over the kept orders.
 
         Args:
-            x: ``[B, ...]`` inputs; y: ``[B, T]`` 0/1 labels (missing labels may hold anything).
+            x: ``[B, ...]`` inputs; y: ``[B, T_all]`` labels in the canonical task order.
+            mask: ``[B, T_all]`` presence mask; a missing chain label is fed back as 0.
             kept: ``[B, k]`` kept order indices; default: sampled (order dropout) in training mode,
                 all M orders in eval mode.
         Returns:
-            ``ModelOutput(logits [B, K, T], log_w [B, K])``.
+            ``ModelOutput(logits [B, K, D], log_w [B, K])`` (D = T for binary-only specs).
         """
         h0 = self.encode(x)
         B, dev = h0.shape[0], h0.device
@@ -297,7 +340,7 @@ class MultiOrderNet(MultiTaskModel):
         kept = kept.to(dev)
         K = kept.shape[1]
         trie = self._trie_on(dev)
-        sign = 2.0 * y.to(h0.dtype) - 1.0                                    # [B, T]
+        sign = self.signed_feedback(y.to(h0.dtype), mask)                    # [B, T], 0: missing
         h_prev, lookup_prev = h0, None
         bidx = torch.arange(B, device=dev)[:, None].expand(B, K)
         step_logits = []
@@ -332,7 +375,7 @@ class MultiOrderNet(MultiTaskModel):
             log_w = by_step.new_zeros(B, K)
         else:
             log_w = torch.log_softmax(self.order_logits[kept], dim=1)        # log pi~ (eq. 25)
-        return ModelOutput(logits, log_w)
+        return ModelOutput(self.full_logits(logits, h0), log_w)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -355,7 +398,7 @@ class MultiOrderNet(MultiTaskModel):
         fb = h.new_zeros(R, T)                                               # raw label feedback
         probs = torch.zeros(R, T, device=dev, dtype=h.dtype)
         rows = torch.arange(R, device=dev)
-        temp = self.temperature
+        temp = self.temperature[self.chain_out]
         for t in range(T):
             task = ords[:, t]
             h, o = self._step(self.feedback(fb), h, task)
@@ -367,6 +410,10 @@ class MultiOrderNet(MultiTaskModel):
                 fb = h.new_zeros(R, T)
             fb[rows, task] = sign
         out = probs.view(B, L, T).mean(1)
+        if self.extra:
+            full = self.activate(self.full_logits(out[:, None, :], h0)[:, 0])       # [B, D]
+            full[:, self.chain_out] = out
+            out = full
         return (out, s.view(B, L)) if return_orders else out
 
 
@@ -381,6 +428,12 @@ def order_from_config(config, T: int) -> Optional[torch.Tensor]:
     return torch.tensor([order])
 
 
+def chain_length(spec: TaskSpec) -> int:
+    """Length of the ordered chain of the sequential families: the binary tasks (expression and
+    valence/arousal, where present, get their own heads on the shared encoder)."""
+    return len(spec.indices("binary"))
+
+
 def _sequential(config, spec: TaskSpec, input_shape, **kw) -> MultiOrderNet:
     enc, dim = encoder_from_config(config, input_shape)
     return MultiOrderNet(enc, dim, spec, hidden=config.hidden, feedback=config.feedback,
@@ -391,22 +444,22 @@ def _sequential(config, spec: TaskSpec, input_shape, **kw) -> MultiOrderNet:
 def monet(config, spec: TaskSpec, input_shape) -> MultiOrderNet:
     """MONET: task-wise GRU cells, M seeded orders, k kept per example, learned order logits."""
     return _sequential(config, spec, input_shape, M=config.M, k=config.k,
-                       orders=order_from_config(config, spec.T))
+                       orders=order_from_config(config, chain_length(spec)))
 
 
 @FAMILIES.register("oracle")
 def oracle(config, spec: TaskSpec, input_shape) -> MultiOrderNet:
     """MONET with M = 1 and a given order (``config.order``, the identity by default)."""
-    orders = order_from_config(config, spec.T)
+    orders = order_from_config(config, chain_length(spec))
     if orders is None:
-        orders = torch.arange(spec.T)[None]
+        orders = torch.arange(chain_length(spec))[None]
     return _sequential(config, spec, input_shape, orders=orders)
 
 
 @FAMILIES.register("mrnn")
 def mrnn(config, spec: TaskSpec, input_shape) -> MultiOrderNet:
     """MRNN: one shared GRU cell over one order (``config.order``, else seeded random)."""
-    orders = order_from_config(config, spec.T)
+    orders = order_from_config(config, chain_length(spec))
     if orders is None:
-        orders = random_orders(spec.T, 1, config.seed)
+        orders = random_orders(chain_length(spec), 1, config.seed)
     return _sequential(config, spec, input_shape, orders=orders, shared_cell=True)

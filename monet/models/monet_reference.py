@@ -23,8 +23,11 @@ import torch
 from monet.models.base import ModelOutput
 
 
-def reference_forward(net, x, y, kept) -> ModelOutput:
-    """Per-order loop forward of a :class:`MultiOrderNet` (see module docstring)."""
+def reference_forward(net, x, y, kept, mask=None) -> ModelOutput:
+    """Per-order loop forward of a :class:`MultiOrderNet` over a binary-only spec (see module
+    docstring); a label with ``mask`` 0 is fed back as 0."""
+    if mask is not None:
+        y = torch.where(mask > 0, y, torch.full_like(y, 0.5))     # 2 * 0.5 - 1 = 0
     h0 = net.encode(x)
     B, K = kept.shape
     T = net.T

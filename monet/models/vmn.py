@@ -85,7 +85,7 @@ class VMN(MultiTaskModel):
         h = self.drop(torch.relu(self.bn2(h))).view(B, self.T, self.w)
         return self.l3(h).reshape(B, -1)[:, self.out_index]                   # [B, D]
 
-    def forward(self, x, y=None, generator=None) -> ModelOutput:
+    def forward(self, x, y=None, mask=None, generator=None) -> ModelOutput:
         lg = self.logits(x)
         return ModelOutput(lg[:, None, :], lg.new_zeros(lg.shape[0], 1))
 

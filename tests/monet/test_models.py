@@ -23,7 +23,7 @@ def _loss(out, y, spec):
 
 
 def test_families_registered():
-    assert list_families() == ["monet", "mrnn", "oracle", "vmnc", "vmns"]
+    assert list_families() == ["monet", "mrnn", "mtca", "mtt", "oracle", "vmnc", "vmns"]
 
 
 def test_random_orders_distinct_seeded_permutations():
@@ -150,10 +150,13 @@ def test_bad_arguments_give_clear_errors(kw, msg):
         create_model(TrainConfig(**kw), spec_of(5), (2,))
 
 
-def test_sequential_families_need_binary_tasks():
+def test_sequential_families_chain_the_binary_tasks_and_need_one():
     spec = TaskSpec((Task("au1"), Task("expr", "multiclass", 8, "expr")))
-    with pytest.raises(ConfigError, match="need binary tasks"):
-        create_model(TrainConfig(family="monet", M=2, k=2), spec, (2,))
+    m = create_model(TrainConfig(family="monet", M=1, k=1), spec, (2,))
+    assert m(torch.randn(4, 2), torch.zeros(4, 2)).logits.shape == (4, 1, 9)
+    with pytest.raises(ConfigError, match="chain binary tasks"):
+        create_model(TrainConfig(family="monet", M=1, k=1),
+                     TaskSpec((Task("expr", "multiclass", 8, "expr"),)), (2,))
     m = create_model(TrainConfig(family="vmns"), spec, (2,))
     assert m(torch.randn(4, 2)).logits.shape == (4, 1, 9)
 
