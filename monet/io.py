@@ -46,3 +46,40 @@ def atomic_torch_save(obj, path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def clean_stale_tmp(folder, recursive: bool = True, min_age_s: float = 0.0) -> list:
+    """Remove the temporary files that an interrupted :func:`atomic_write_bytes` left behind
+    (``.<name>.<random>.tmp`` beside the file it was writing, e.g. a checkpoint killed mid-save).
+
+    Call it at the start of a run or a resume, on the run folder, before anything writes there
+    (a writer in another process would lose its file; ``min_age_s`` keeps files younger than
+    that). Only files that match the pattern are removed. Returns the removed paths.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / ".checkpoint.pt.k2j3.tmp").write_bytes(b"half")
+        >>> atomic_write_text(d / "keep.txt", "ok")
+        >>> [p.name for p in clean_stale_tmp(d)], sorted(p.name for p in d.iterdir())
+        (['.checkpoint.pt.k2j3.tmp'], ['keep.txt'])
+    """
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    removed = []
+    for p in sorted(found):
+        if not p.is_file() or p.is_symlink() or p.name.count(".") < 3:
+            continue
+        try:
+            if min_age_s and now - p.stat().st_mtime < min_age_s:
+                continue
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
