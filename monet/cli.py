@@ -61,15 +61,15 @@ class HelpFormatter(argparse.HelpFormatter):
         if action.choices is not None and "choices:" not in text:
             extra.append("choices: " + ", ".join(map(str, action.choices)))
         if ("%(default)" not in text and "default:" not in text and action.option_strings
-                and action.default not in (None, argparse.SUPPRESS, False)
+                and not any(action.default is v for v in (None, argparse.SUPPRESS, False))
                 and action.nargs != 0):
             extra.append("default: %(default)s")
         return (text + (" (" + "; ".join(extra) + ")" if extra else "")).strip()
 
     def _metavar_formatter(self, action, default_metavar):
         if action.metavar is None and action.choices is not None:   # choices go into the help
-            default_metavar = default_metavar.upper()
-            return lambda n: (default_metavar,) * n if isinstance(n, int) else (default_metavar,)
+            name = (default_metavar or action.dest or "value").upper()
+            return lambda n: (name,) * n if isinstance(n, int) else (name,)
         return super()._metavar_formatter(action, default_metavar)
 
 
@@ -113,7 +113,28 @@ class ArgumentParser(argparse.ArgumentParser):
         return (f"unexpected argument {extras[0]!r} (every value follows its flag, e.g. "
                 f"--epochs 3); see {self.prog} --help")
 
+    def _unknown_flags_first(self, args) -> list:
+        """Flags (``--x``) that no option knows, skipping values of options that take one, so
+        an unknown flag is reported before, e.g., a missing required one it was meant to be."""
+        unknown, prev, prev_token = [], None, ""
+        for t in args:
+            if t.startswith("--") and t != "--":
+                name = t.split("=", 1)[0]
+                takes_value = prev is not None and prev.nargs is None and \
+                    prev.option_strings and "=" not in prev_token
+                if name not in self._option_string_actions and not takes_value:
+                    unknown.append(t)
+                prev = self._option_string_actions.get(name)
+                prev_token = t
+            else:
+                prev = None
+        return unknown
+
     def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        unknown = self._unknown_flags_first(args)
+        if unknown:
+            self.error(self.unknown_message(unknown))
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             self.error(self.unknown_message(extras))
@@ -234,13 +255,16 @@ def config_from_args(args, config_file: Optional[str] = None, cls=None, flag: st
 
 # ---------------------------------------------------------------------------------- files
 def check_output_dir(path, overwrite: bool = False, flag: str = "--out",
-                     marker: str = "config.yaml") -> Path:
+                     marker: Optional[str] = "config.yaml",
+                     overwrite_flag: Optional[str] = "--overwrite") -> Path:
     """Check that ``path`` can be used as a new output folder, before any work; creates nothing.
 
     Refused, each with one ``ConfigError`` line naming ``flag``: ``path`` is a file (or under
     one); its folder or nearest existing parent is not writable (read-only); it exists and is not
     empty without ``overwrite``; it is not empty and not a run folder (no ``marker`` file) even
-    with ``overwrite`` (``--overwrite`` replaces run folders, never anything else).
+    with ``overwrite`` (``--overwrite`` replaces run folders, never anything else). The caller
+    does the replacing (and should empty the folder first: ``metrics.jsonl`` is appended to).
+    ``overwrite_flag=None``: the CLI has no such flag (the message does not suggest one).
 
     Returns the absolute path.
 
@@ -263,11 +287,13 @@ def check_output_dir(path, overwrite: bool = False, flag: str = "--out",
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             if not overwrite:
                 kind = "a run folder" if marker and (p / marker).is_file() else "a folder"
-                raise ConfigError(f"{flag}: {path} is {kind} that is not empty ({shown}); add "
-                                  f"--overwrite to replace it, or pick another folder")
+                fix = (f"add {overwrite_flag} to replace it, or pick another folder"
+                       if overwrite_flag else "pick a new or empty folder")
+                raise ConfigError(f"{flag}: {path} is {kind} that is not empty ({shown}); {fix}")
             if marker and not (p / marker).is_file():
                 raise ConfigError(f"{flag}: {path} is not empty ({shown}) and is not a run folder "
-                                  f"(no {marker}); --overwrite replaces run folders only")
+                                  f"(no {marker}); {overwrite_flag or '--overwrite'} replaces run "
+                                  f"folders only")
         return p
     a = p.parent
     while not a.exists():

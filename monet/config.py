@@ -30,6 +30,7 @@ from monet.errors import ConfigError
 
 BIG = 10 ** 6          # upper bound of counts and epochs: beyond it a value is a typo, not a plan
 SEED_MAX = 2 ** 32 - 1
+MAX_TOY_ROWS = 10 ** 7  # toy sizes: beyond this the draw alone needs gigabytes
 DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -49,9 +50,9 @@ class TrainConfig:
     T: int = _f(5, "toy: number of tasks", lo=1, hi=10)
     reading: str = _f("bits", "toy: 'bits' (the text's reading) or 'printed' (eq. 28 as printed)",
                       choices=("bits", "printed"))
-    n_train: int = _f(500, "toy: training examples (paper: 500)", lo=1, hi=10 ** 8)
-    n_val: int = _f(250, "toy: validation examples (paper: 250)", lo=1, hi=10 ** 8)
-    n_test: int = _f(250, "toy: test examples (paper: 250)", lo=1, hi=10 ** 8)
+    n_train: int = _f(500, "toy: training examples (paper: 500)", lo=1, hi=MAX_TOY_ROWS)
+    n_val: int = _f(250, "toy: validation examples (paper: 250)", lo=1, hi=MAX_TOY_ROWS)
+    n_test: int = _f(250, "toy: test examples (paper: 250)", lo=1, hi=MAX_TOY_ROWS)
     data_seed: Optional[int] = _f(None, "seed of the toy draw / random splits (None: same as seed)",
                                   lo=0, hi=SEED_MAX)
     data_root: Optional[str] = _f(None, "folder (face data) or file (tabular .csv/.npz)")

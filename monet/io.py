@@ -83,3 +83,32 @@ def clean_stale_tmp(folder, recursive: bool = True, min_age_s: float = 0.0) -> l
         except FileNotFoundError:
             pass
     return removed
+
+
+def read_text_lines(path, what: str = "text file") -> list:
+    """The lines of a UTF-8 text file (trailing blank lines dropped, ends stripped).
+
+    A missing, unreadable or binary file is one :class:`monet.errors.DataError` line naming it
+    (never a ``UnicodeDecodeError`` traceback). ``what`` names the expected content.
+    """
+    from monet.errors import DataError
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{p}: no such file ({what})") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e}; {what})") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{p}: binary data (byte {nul}); expected a {what}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: not UTF-8 text (byte {e.start}); expected a {what}") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
