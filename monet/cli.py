@@ -6,7 +6,9 @@
 * :func:`add_config_flags` / :func:`config_from_args`: one flag per :class:`TrainConfig` field,
   its help text, type and choices taken from the field's ``metadata`` in ``monet/config.py`` (the
   one place they are written), and the config built from ``--config FILE`` + flags.
-* :func:`check_output_dir`: an output folder that can be created (or reused) before any work.
+* :func:`check_output_dir`: an output folder that can be created (or reused) before any work;
+  :func:`check_writable_dir` (a folder that may hold other things, e.g. ``--storage-path``) and
+  :func:`check_output_file` (e.g. ``--export``) likewise.
 * :func:`load_yaml_mapping`: a YAML file that must hold a mapping, any malformed file one line.
 * :func:`run_main`: run a ``main`` and turn a :class:`MonetError` into the one line + exit 2.
 
@@ -304,6 +306,28 @@ def check_output_dir(path, overwrite: bool = False, flag: str = "--out",
         raise ConfigError(f"{flag}: cannot create {path}: {a} is a file, not a folder")
     if not os.access(a, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: cannot create {path}: {a} is not writable (read-only folder)")
+    return p
+
+
+def check_writable_dir(path, flag: str) -> Path:
+    """A folder that exists or can be created, and is writable; it may hold other things (a
+    search's ``--storage-path`` holds many experiments). Creates nothing; one ``ConfigError``
+    line for a file, a path under a file, or a read-only folder. Returns the absolute path."""
+    if path is None or str(path).strip() == "":
+        raise ConfigError(f"{flag}: empty path; expected a folder")
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag}: {path} is a file; expected a folder")
+    a = p
+    while not a.exists():
+        if a.parent == a:
+            break
+        a = a.parent
+    if not a.is_dir():
+        raise ConfigError(f"{flag}: cannot create {path}: {a} is a file, not a folder")
+    if not os.access(a, os.W_OK | os.X_OK):
+        what = f"{path} is not writable" if a == p else f"cannot create {path}: {a} is not writable"
+        raise ConfigError(f"{flag}: {what} (read-only folder)")
     return p
 
 

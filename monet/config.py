@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 import typing
 from dataclasses import dataclass, field
@@ -250,27 +251,33 @@ def _check_value(name, v, tp, md, source):
         if base is dict and name == "temperatures":
             return {}
         bad("a value (None is not allowed here)")
+    is_bool = isinstance(v, bool) or (type(v).__module__ == "numpy"     # numpy's bool too
+                                      and type(v).__name__ in ("bool", "bool_"))
     if base is bool:
-        if not isinstance(v, bool):
+        if not is_bool:
             bad("true or false")
-        return v
+        return bool(v)
     if base is int:
-        if isinstance(v, bool):
+        if is_bool:
             bad("an integer")
-        if isinstance(v, float) and math.isfinite(v) and v == int(v):
-            v = int(v)
-        if not isinstance(v, int):
+        if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and \
+                math.isfinite(v) and v == int(v):
+            v = int(v)                                      # 2.0 -> 2
+        if not isinstance(v, numbers.Integral):
             bad("an integer")
+        v = int(v)                                          # numpy integers -> int
     elif base is float:
-        if isinstance(v, bool):
+        if is_bool:
             bad("a number")
         if isinstance(v, str):
             try:  # YAML 1.1 reads 1e-4 (no dot) as text
                 v = float(v)
             except ValueError:
                 bad("a number")
-        if not isinstance(v, (int, float)):
+        if not isinstance(v, numbers.Real):
             bad("a number")
+        if type(v) not in (int, float):
+            v = int(v) if isinstance(v, numbers.Integral) else float(v)   # numpy scalars
         if not math.isfinite(v):
             bad(f"a finite number {describe_range(md)}".rstrip())
     elif base is str:

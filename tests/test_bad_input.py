@@ -515,7 +515,7 @@ def test_enough_rows():
 
 # ---------------------------------------------------------------------------------- pieces
 def test_check_output_dir(tmp_path):
-    from monet.cli import check_output_dir
+    from monet.cli import check_output_dir, check_output_file, check_writable_dir
     from monet.errors import ConfigError
 
     (tmp_path / "f").write_text("x")
@@ -535,6 +535,14 @@ def test_check_output_dir(tmp_path):
         with pytest.raises(ConfigError) as e:
             check_output_dir(path, **kw)
         assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
+    assert check_writable_dir(other, "--storage-path") == other      # may hold other things
+    for path, words in ((tmp_path / "f", "is a file"), (tmp_path / "f" / "x", "not a folder")):
+        with pytest.raises(ConfigError, match=words):
+            check_writable_dir(path, "--storage-path")
+    for path, words in ((tmp_path, "is a folder"), (tmp_path / "f" / "x.csv", "not a folder")):
+        with pytest.raises(ConfigError, match=words):
+            check_output_file(path, "--export")
+    assert check_output_file(tmp_path / "new" / "t.csv", "--export").name == "t.csv"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "other", "run"]
 
 
