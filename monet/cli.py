@@ -288,10 +288,11 @@ def check_output_dir(path, overwrite: bool = False, flag: str = "--out",
         if entries:
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             if not overwrite:
-                kind = "a run folder" if marker and (p / marker).is_file() else "a folder"
+                kind = ", a run folder" if marker and (p / marker).is_file() else ""
                 fix = (f"add {overwrite_flag} to replace it, or pick another folder"
                        if overwrite_flag else "pick a new or empty folder")
-                raise ConfigError(f"{flag}: {path} is {kind} that is not empty ({shown}); {fix}")
+                raise ConfigError(f"{flag}: {path} exists and is not an empty folder "
+                                  f"({shown}{kind}); {fix}")
             if marker and not (p / marker).is_file():
                 raise ConfigError(f"{flag}: {path} is not empty ({shown}) and is not a run folder "
                                   f"(no {marker}); {overwrite_flag or '--overwrite'} replaces run "

@@ -153,7 +153,7 @@ ROWS = [
           id="train-out-is-a-file"),
     wired("train", TRAIN + ["--out", "{o}/ro/run"], ["--out", "not writable"], setup="ro",
           id="train-out-read-only"),
-    wired("train", TRAIN + ["--out", "{o}/run"], ["--out", "not empty", "--overwrite"],
+    wired("train", TRAIN + ["--out", "{o}/run"], ["--out", "not an empty folder", "--overwrite"],
           setup="run", id="train-out-existing-run"),
     wired("train", TRAIN + ["--resume", "{o}/nope/checkpoint", "--out", "{o}/run2"],
           ["--resume", "nope"], id="train-resume-missing"),
@@ -204,7 +204,7 @@ ROWS = [
         id="synthetic-out-under-a-file"),
     row("synthetic", SYN + ["--out", "{o}/ro/new"], ["--out", "not writable"], setup="ro",
         id="synthetic-out-read-only"),
-    row("synthetic", SYN + ["--out", "{d}/bp4d"], ["--out", "not empty"],
+    row("synthetic", SYN + ["--out", "{d}/bp4d"], ["--out", "not an empty folder"],
         id="synthetic-out-not-empty"),
     row("synthetic", SYN + ["--out", "{o}/s", "--subjects", "2"], ["--subjects", "2"],
         id="synthetic-subjects-2"),
@@ -241,7 +241,7 @@ ROWS = [
     row("cache", CACHE + ["--data-root", "{d}/bp4d", "--out", "{o}/ro/c"],
         ["--out", "not writable"], setup="ro", id="cache-out-read-only"),
     row("cache", CACHE + ["--data-root", "{d}/bp4d", "--out", "{d}/bp4d"],
-        ["--out", "not empty"], id="cache-out-not-empty"),
+        ["--out", "not an empty folder"], id="cache-out-not-empty"),
     row("cache", CACHE + ["--data-root", "{d}/bp4d", "--out", "{o}/c", "--workers", "0"],
         ["--workers", "0"], id="cache-workers-0"),
     row("cache", ["--dataset", "bp4d", "--data-root", "{d}/bp4d", "--out", "{o}/c", "--size", "4"],
@@ -529,7 +529,7 @@ def test_check_output_dir(tmp_path):
     assert check_output_dir(run, overwrite=True) == run
     for path, kw, words in ((tmp_path / "f", {}, ["is a file"]),
                             (tmp_path / "f" / "sub", {}, ["is a file, not a folder"]),
-                            (run, {}, ["run folder", "--overwrite"]),
+                            (run, {}, ["a run folder", "--overwrite"]),
                             (other, {"overwrite": True}, ["not a run folder"]),
                             ("", {}, ["empty path"])):
         with pytest.raises(ConfigError) as e:
