@@ -125,6 +125,16 @@ ROWS = [
         ["ragged.csv", "line 5", "7 fields", "6"], id="train-tabular-ragged"),
     row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}/header.csv"],
         ["header.csv", "header only"], id="train-tabular-header-only"),
+    row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}/empty_cell.csv"],
+        ["empty_cell.csv", "line 4", "'x1'", "empty"], id="train-tabular-empty-cell"),
+    row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}/marked.csv"],
+        ["marked.csv", "line 3", "'label:b'", "value 3"], id="train-tabular-marked-label-3"),
+    row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}/binary.csv"],
+        ["binary.csv", "binary data"], id="train-tabular-binary"),
+    row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}"],
+        ["a folder", ".csv or .npz"], id="train-tabular-folder"),
+    row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}/nan.npz"],
+        ["nan.npz", "x[2, 1]", "finite"], id="train-npz-nan"),
     row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}/garbage.npz"],
         ["garbage.npz", "not a readable .npz"], id="train-npz-garbage"),
     row("train", TRAIN + ["--dataset", "tabular", "--data-root", "{d}/object.npz"],
@@ -221,6 +231,7 @@ ROWS = [
     row("synthetic", ["--format", "nope", "--out", "{o}/s"], ["--format", "nope"],
         id="synthetic-format-nope"),
     row("synthetic", SYN, ["--out", "required"], id="synthetic-no-out"),
+    row("synthetic", SYN + ["--out", ""], ["--out", "empty path"], id="synthetic-out-empty"),
     # ------------------------------------------------------------------ python -m monet.data.cache
     row("cache", CACHE + ["--data-root", "{d}/bp4d_trunc", "--out", "{o}/c"],
         ["1002.jpg", "truncated", "BP4D_"], id="cache-truncated-jpeg"),
@@ -242,6 +253,8 @@ ROWS = [
         ["--out", "not writable"], setup="ro", id="cache-out-read-only"),
     row("cache", CACHE + ["--data-root", "{d}/bp4d", "--out", "{d}/bp4d"],
         ["--out", "not an empty folder"], id="cache-out-not-empty"),
+    row("cache", CACHE + ["--data-root", "{d}/bp4d", "--out", ""], ["--out", "empty path"],
+        id="cache-out-empty"),
     row("cache", CACHE + ["--data-root", "{d}/bp4d", "--out", "{o}/c", "--workers", "0"],
         ["--workers", "0"], id="cache-workers-0"),
     row("cache", ["--dataset", "bp4d", "--data-root", "{d}/bp4d", "--out", "{o}/c", "--size", "4"],
@@ -273,6 +286,7 @@ ROWS = [
     row("toy", ["--exprt", "{o}/t.csv"], ["--exprt", "did you mean --export"],
         id="toy-unknown-flag"),
     row("toy", ["--T", "3"], ["--export", "required"], id="toy-no-export"),
+    row("toy", ["--T", "3", "--export", ""], ["--export", "empty path"], id="toy-export-empty"),
 ]
 
 
@@ -318,6 +332,12 @@ def _make_inputs(d: Path) -> None:
     _write_lines(d / "semicolon.csv", [ln.replace(",", ";") for ln in ok])
     _write_lines(d / "ragged.csv", ok[:4] + [ok[4] + ",0.5"] + ok[5:])
     _write_lines(d / "header.csv", ok[:1])
+    _write_lines(d / "empty_cell.csv", ok[:3] + [_set(ok[3], 0, "")] + ok[4:])
+    _write_lines(d / "marked.csv", ["f,label:a,label:b", "0.5,1,0", "0.1,0,3", "0.2,1,1"])
+    (d / "binary.csv").write_bytes(b"x1,x2\n\x00\x01\x02\xff")
+    x = np.zeros((8, 2))
+    x[2, 1] = np.nan
+    np.savez(d / "nan.npz", x=x, y=np.ones((8, 2), int))
     (d / "garbage.npz").write_bytes(b"this is not a zip archive" * 10)
     np.savez(d / "object.npz", x=np.zeros((8, 2)), y=np.array([[0, 1]] * 8, dtype=object))
     (d / "afile").write_text("just a file\n")

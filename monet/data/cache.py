@@ -296,6 +296,8 @@ def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
     size = int(size)
     if workers is not None and not 1 <= int(workers) <= 1024:
         raise ConfigError(f"--workers: expected 1 to 1024 decoding threads, got {workers}")
+    if out is None or str(out).strip() == "":
+        raise ConfigError("--out: empty path; expected a folder")
     out = Path(out)
     old = _read_meta(out) if out.is_dir() else None
     if old is None:   # a new cache: --out must be creatable (a file, read-only: one line)

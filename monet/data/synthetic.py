@@ -594,8 +594,8 @@ def write_synthetic(fmt: str, out, subjects=None, frames=None, size: int = 64, s
         raise ConfigError(f"--size: expected 16 to 1024 pixels, got {size}")
     if not 0 <= int(seed) <= 2 ** 32 - 1:
         raise ConfigError(f"--seed: expected 0 to {2 ** 32 - 1}, got {seed}")
-    out = Path(out)
     check_output_dir(out, overwrite=False, flag="--out", marker=None, overwrite_flag=None)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
