@@ -196,8 +196,10 @@ _SPECIAL_TYPES = {"order": (parse_order, "I,J,..."), "temperatures": (parse_temp
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls=None, skip: Iterable[str] = (),
-                     group: Optional[str] = "training config (TrainConfig fields)") -> list:
-    """Add one ``--field-name`` flag per field of ``cls`` (default :class:`TrainConfig`).
+                     group: Optional[str] = "training config (TrainConfig fields)",
+                     only: Optional[Iterable[str]] = None) -> list:
+    """Add one ``--field-name`` flag per field of ``cls`` (default :class:`TrainConfig`), or per
+    field named in ``only`` (e.g. the data flags of ``search/tune_monet.py``), minus ``skip``.
 
     Help text, choices and bounds come from each field's ``metadata`` in ``monet/config.py``;
     the help shows the field's default. Every flag's argparse default is None, so a flag given on
@@ -210,8 +212,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls=None, skip: Iterable[s
 
     target = parser.add_argument_group(group) if group else parser
     added = []
-    for name, (tp, default, md) in cls.field_info().items():
-        if name in skip:
+    info = cls.field_info()
+    if only is not None:
+        unknown = [n for n in only if n not in info]
+        if unknown:
+            raise ValueError(f"add_config_flags: no TrainConfig field(s) {unknown}")
+    for name, (tp, default, md) in info.items():
+        if name in skip or (only is not None and name not in only):
             continue
         base, optional = _base_type(tp)
         kw = {"dest": name, "default": None}
@@ -409,9 +416,15 @@ def load_yaml_mapping(path, flag: str, what: str = "a mapping of name: value") -
 # ---------------------------------------------------------------------------------- main
 def run_main(main: Callable, argv=None) -> int:
     """``main(argv)`` with the house ending: a :class:`MonetError` becomes ``error: ...`` on one
-    line and exit code 2 (argparse errors already are); Ctrl-C is one line and 130."""
+    line and exit code 2 (argparse errors already are); a non-finite loss is one line and exit
+    code 1 (the input was fine, the run failed); Ctrl-C is one line and 130."""
+    from monet.errors import NonFiniteLossError
+
     try:
         return main(argv)
+    except NonFiniteLossError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
     except MonetError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT

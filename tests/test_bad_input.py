@@ -627,6 +627,10 @@ def test_config_flags_help_from_field_metadata():
     assert "--epochs X training length in epochs (fractions allowed); in (0, 1000000] " \
            "(default: 500)" in text
     assert "--lr X learning rate; > 0 (default: 0.0005)" in text
+    q = ArgumentParser(prog="y")
+    assert add_config_flags(q, only=("T", "reading", "data_root"), group=None) == \
+        ["T", "reading", "data_root"]
+    assert q.parse_args(["--T", "3", "--reading", "printed"]).T == 3
 
 
 @pytest.mark.parametrize("cli", ["synthetic", "cache", "toy",
@@ -689,8 +693,6 @@ class ForkServer:
     """
 
     def __init__(self, env: dict):
-        import json  # noqa: F401
-
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env, cwd=str(REPO))

@@ -62,7 +62,7 @@ from monet.data.affwild2 import AFFWILD2_AUS, HEADER as AFFWILD2_HEADER
 from monet.data.au import (BP4D_AUS, BP4D_PARTS, DISFA_ALL_AUS, DISFA_AUS, DISFA_PARTS,
                            TEST_PART_OF_FOLD, part_of)
 from monet.data.celeba import CELEBA_ATTRS
-from monet.errors import ConfigError, DataError
+from monet.errors import ConfigError
 
 FORMATS = ("bp4d", "disfa", "celeba", "affwild2")
 
