@@ -10,7 +10,11 @@ Folder layout::
 
 Building is resumable: rows are written in chunks and ``meta.json`` (written atomically after
 each flushed chunk) records how many are done; rerunning the same command continues from there.
-When all rows are written the array is renamed to ``images.u8`` and ``complete`` is set. Opening
+When all rows are written the array is renamed to ``images.u8`` and ``complete`` is set.
+Before anything is written, every image still to decode is checked (:func:`preflight_images`:
+one line naming the bad file and the list line it comes from), and a fresh build that still
+meets an undecodable image (or a full disk) removes what it wrote; an interrupted one (Ctrl-C,
+a kill) keeps its chunks for the rerun. Opening
 checks the format, the completeness, the array size against ``count x 3 x S x S`` and the index
 length against ``count``. Labels are not cached: they are always read from ``--data-root``, and
 each key of a split must be in the cache.
