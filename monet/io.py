@@ -46,3 +46,69 @@ def atomic_torch_save(obj, path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def clean_stale_tmp(folder, recursive: bool = True, min_age_s: float = 0.0) -> list:
+    """Remove the temporary files that an interrupted :func:`atomic_write_bytes` left behind
+    (``.<name>.<random>.tmp`` beside the file it was writing, e.g. a checkpoint killed mid-save).
+
+    Call it at the start of a run or a resume, on the run folder, before anything writes there
+    (a writer in another process would lose its file; ``min_age_s`` keeps files younger than
+    that). Only files that match the pattern are removed. Returns the removed paths.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / ".checkpoint.pt.k2j3.tmp").write_bytes(b"half")
+        >>> atomic_write_text(d / "keep.txt", "ok")
+        >>> [p.name for p in clean_stale_tmp(d)], sorted(p.name for p in d.iterdir())
+        (['.checkpoint.pt.k2j3.tmp'], ['keep.txt'])
+    """
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    removed = []
+    for p in sorted(found):
+        if not p.is_file() or p.is_symlink() or p.name.count(".") < 3:
+            continue
+        try:
+            if min_age_s and now - p.stat().st_mtime < min_age_s:
+                continue
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def read_text_lines(path, what: str = "text file") -> list:
+    """The lines of a UTF-8 text file (trailing blank lines dropped, ends stripped).
+
+    A missing, unreadable or binary file is one :class:`monet.errors.DataError` line naming it
+    (never a ``UnicodeDecodeError`` traceback). ``what`` names the expected content.
+    """
+    from monet.errors import DataError
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{p}: no such file ({what})") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e}; {what})") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{p}: binary data (byte {nul}); expected a {what}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: not UTF-8 text (byte {e.start}); expected a {what}") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines

@@ -24,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -59,12 +60,18 @@ def video_of(key: str) -> str:
     return re.sub(r"_(left|right)$", "", video)
 
 
+def _whole(t: str) -> int:
+    """``'1'`` or ``'1.0'`` -> 1; ``'1.5'``, ``'nan'``, text -> ValueError (never truncated)."""
+    f = float(t)
+    if not math.isfinite(f) or f != int(f):
+        raise ValueError(t)
+    return int(f)
+
+
 def read_annotations(path: Path) -> Records:
     """One MTL annotation file -> Records (labels ``[N, 15]``: 12 AUs, expr, valence, arousal)."""
-    with open(path) as f:
-        lines = [ln.strip() for ln in f]
-    while lines and not lines[-1]:
-        lines.pop()
+    from monet.io import read_text_lines
+    lines = read_text_lines(path, "Aff-Wild2 annotation text file")
     if not lines or not lines[0].lower().startswith("image,"):
         raise DataError(f"{path}:1: expected the header {HEADER!r}")
     head = lines[0].split(",")
@@ -85,10 +92,12 @@ def read_annotations(path: Path) -> Records:
             raise DataError(f"{path}:{n}: {len(r)} fields; expected {len(head)} ({HEADER})")
         keys.append(r[0])
         try:
-            v, a, e = float(r[1]), float(r[2]), int(float(r[3]))
-            aus = [int(float(t)) for t in r[4:]]
+            v, a, e = float(r[1]), float(r[2]), _whole(r[3])
+            aus = [_whole(t) for t in r[4:]]
         except ValueError:
-            raise DataError(f"{path}:{n}: non-numeric label in {ln!r}") from None
+            raise DataError(f"{path}:{n}: non-numeric label in {ln[:80]!r}; expected valence, "
+                            f"arousal in [-1, 1] (-5 missing), expression 0..7 (-1), AUs 0/1 (-1)") \
+                from None
         for name, val in (("valence", v), ("arousal", a)):
             if val != VA_MISSING and not -1.0 <= val <= 1.0:
                 raise DataError(f"{path}:{n}: {name} = {val}; expected a value in [-1, 1] or -5 (missing)")

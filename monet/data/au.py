@@ -91,11 +91,8 @@ def subject_of(key: str, ds: str, origin) -> str:
 
 
 def _read_lines(path: Path) -> list:
-    with open(path) as f:
-        lines = [ln.strip() for ln in f]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
+    from monet.io import read_text_lines
+    return read_text_lines(path, "list or label text file")
 
 
 def read_list_pair(path_file: Path, label_file: Path, ds: str) -> Records:

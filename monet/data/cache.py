@@ -10,7 +10,11 @@ Folder layout::
 
 Building is resumable: rows are written in chunks and ``meta.json`` (written atomically after
 each flushed chunk) records how many are done; rerunning the same command continues from there.
-When all rows are written the array is renamed to ``images.u8`` and ``complete`` is set. Opening
+When all rows are written the array is renamed to ``images.u8`` and ``complete`` is set.
+Before anything is written, every image still to decode is checked (:func:`preflight_images`:
+one line naming the bad file and the list line it comes from), and a fresh build that still
+meets an undecodable image (or a full disk) removes what it wrote; an interrupted one (Ctrl-C,
+a kill) keeps its chunks for the rerun. Opening
 checks the format, the completeness, the array size against ``count x 3 x S x S`` and the index
 length against ``count``. Labels are not cached: they are always read from ``--data-root``, and
 each key of a split must be in the cache.
@@ -32,7 +36,6 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -207,6 +210,69 @@ class _Progress:
             self.bar.close()
 
 
+def _check_image(file: str, decode_jpeg: bool = True, full: bool = False) -> Optional[str]:
+    """None when ``file`` decodes, else the reason (one line)."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as im:
+            fmt = im.format
+            im.verify()                 # structure and checksums (PNG CRCs, ...)
+        if (fmt == "JPEG" and decode_jpeg) or full:
+            with Image.open(file) as im:  # verify misses truncated JPEG data: decode at 1/8 size
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        return " ".join(str(e).split())[:120] or type(e).__name__
+    return None
+
+
+def preflight_images(files, origins=None, workers: Optional[int] = None,
+                     decode_jpeg: bool = True, full: bool = False) -> None:
+    """Check that every image of ``files`` decodes, before any work: PIL ``verify`` (headers,
+    chunk checksums) in threads, and for JPEGs a decode at 1/8 scale (``draft``), which finds
+    truncated or corrupt data that ``verify`` misses, at a fraction of a full decode's cost.
+    A PNG whose checksums are right but whose compressed data is not passes ``verify``: pass
+    ``full=True`` to decode every non-JPEG image completely too (slower).
+
+    Raises one :class:`DataError` line naming the first bad file (in list order), where it is
+    listed (``origins[i]``: e.g. ``(label_file, line)``) and how many are bad.
+
+    Args:
+        files: image paths.
+        origins: optional, one ``(file, line)`` or text per image, named in the error.
+        workers: threads (default: CPU count, at most 16).
+        decode_jpeg: also decode JPEGs at 1/8 scale (False: ``verify`` only).
+        full: decode every image (JPEGs still at 1/8 scale).
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "bad.jpg")
+        >>> _ = open(f, "wb").write(b"not an image")
+        >>> preflight_images([f])
+        Traceback (most recent call last):
+        ...
+        monet.errors.DataError: ...bad.jpg: cannot decode image (cannot identify image file ...)
+    """
+    files = [str(f) for f in files]
+    if not files:
+        return
+    workers = int(workers or min(16, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        reasons = list(pool.map(lambda f: _check_image(f, decode_jpeg, full), files))
+    bad = [i for i, r in enumerate(reasons) if r is not None]
+    if not bad:
+        return
+    i = bad[0]
+    where = ""
+    if origins is not None:
+        o = origins[i]
+        where = f" (listed in {o[0]}:{o[1]})" if isinstance(o, (tuple, list)) else f" ({o})"
+    more = f"; {len(bad)} of {len(files)} images are bad" if len(bad) > 1 else ""
+    raise DataError(f"{files[i]}: cannot decode image ({reasons[i]}){where}{more}")
+
+
 def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
                 workers: Optional[int] = None, chunk: int = 256, progress: bool = True,
                 stop_after: Optional[int] = None) -> FaceCache:
@@ -224,10 +290,21 @@ def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
         progress: show a progress bar.
         stop_after: stop after this many new images (to test resuming).
     """
-    size = int(size)
-    if not 8 <= size <= 2048:
+    from monet.cli import check_output_dir
+
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 2048:
         raise ConfigError(f"--size: expected 8 to 2048 pixels, got {size}")
+    size = int(size)
+    if workers is not None and not 1 <= int(workers) <= 1024:
+        raise ConfigError(f"--workers: expected 1 to 1024 decoding threads, got {workers}")
+    if out is None or str(out).strip() == "":
+        raise ConfigError("--out: empty path; expected a folder")
     out = Path(out)
+    old = _read_meta(out) if out.is_dir() else None
+    if old is None:   # a new cache: --out must be creatable (a file, read-only: one line)
+        check_output_dir(out, overwrite=False, flag="--out", marker=META, overwrite_flag=None)
+    elif not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out: {out} is not writable (read-only folder)")
     fmt = FACE_FORMATS.get(dataset)
     rec, img_root = fmt.read_all(data_root, layout)
     base = image_base(Path(img_root), rec, fmt.image_dirs)
@@ -235,7 +312,6 @@ def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
     n = len(files)
     meta = {"format": FORMAT, "dataset": dataset, "data_root": str(Path(data_root).resolve()),
             "layout": layout, "size": size, "count": n, "done": 0, "complete": False}
-    old = _read_meta(out) if out.is_dir() else None
     if old is not None:
         same = (old.get("dataset") == dataset and int(old.get("size", -1)) == size
                 and int(old.get("count", -1)) == n)
@@ -246,20 +322,22 @@ def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
         else:
             raise DataError(f"{out}: holds a different cache ({old.get('dataset')}, "
                             f"{old.get('size')} px, {old.get('count')} images); choose another --out")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out: {out} exists and is not a face cache nor an empty folder")
+    # every image still to decode must decode: checked before anything is written
+    preflight_images(files[meta["done"]:], rec.origin[meta["done"]:], workers)
+    fresh = meta["done"] == 0
+    made_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if meta["done"] == 0:
-        _write_index(out, rec.keys, rec.subjects)
-        atomic_write_json(out / META, meta)
     part = out / PARTIAL
-    shape = (n, 3, size, size)
-    arr = np.memmap(part, dtype=np.uint8, mode="r+" if part.is_file() else "w+", shape=shape)
+    arr = None
     bar = _Progress(n, meta["done"], progress, f"cache {dataset} {size}px")
-    workers = int(workers or os.cpu_count() or 1)
     new = 0
     try:
-        with ThreadPoolExecutor(workers) as pool:
+        if fresh:
+            _write_index(out, rec.keys, rec.subjects)
+            atomic_write_json(out / META, meta)
+        arr = np.memmap(part, dtype=np.uint8, mode="r+" if part.is_file() else "w+",
+                        shape=(n, 3, size, size))
+        with ThreadPoolExecutor(int(workers or os.cpu_count() or 1)) as pool:
             while meta["done"] < n:
                 a = meta["done"]
                 b = min(n, a + chunk)
@@ -271,6 +349,14 @@ def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
                 new += b - a
                 if stop_after is not None and new >= stop_after and meta["done"] < n:
                     return None
+    except (MonetError, OSError):
+        # a bad image or a full disk: a fresh build leaves nothing behind (an interrupted one,
+        # Ctrl-C or a kill, keeps its chunks so that rerunning the command resumes it)
+        if fresh:
+            del arr
+            arr = None
+            _remove_build(out, made_dir)
+        raise
     finally:
         bar.close()
         del arr
@@ -280,28 +366,51 @@ def build_cache(dataset: str, data_root, size: int, out, layout: str = "auto",
     return FaceCache.open(out)
 
 
+def _remove_build(out: Path, made_dir: bool) -> None:
+    """Remove what a fresh build wrote into ``out`` (the folder too when the build made it)."""
+    import shutil
+
+    if made_dir:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in (PARTIAL, INDEX, META):
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+    from monet.io import clean_stale_tmp
+    clean_stale_tmp(out, recursive=False)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m monet.data.cache",
-                                description="Decode and resize a face dataset once into a uint8 cache.")
-    p.add_argument("--dataset", required=True, choices=("bp4d", "disfa", "celeba", "affwild2"))
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--size", type=int, default=299, help="image side in pixels (default 299)")
-    p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--layout", default="auto", help="bp4d/disfa: auto | graphau | jaanet | raw")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
+    from monet.cli import ArgumentParser, parse_int, run_main
+
+    p = ArgumentParser(prog="python -m monet.data.cache",
+                       description="Decode and resize a face dataset once into a uint8 cache "
+                                   "(every image is checked first; rerun to resume).")
+    p.add_argument("--dataset", required=True, choices=("bp4d", "disfa", "celeba", "affwild2"),
+                   help="face dataset")
+    p.add_argument("--data-root", required=True, help="the dataset folder (as for training)")
+    p.add_argument("--size", type=parse_int, default=299, help="image side in pixels, 8 to 2048")
+    p.add_argument("--out", required=True,
+                   help="cache folder: new or empty, or an incomplete cache to resume")
+    p.add_argument("--layout", default="auto", choices=("auto", "graphau", "jaanet", "raw"),
+                   help="bp4d/disfa label-list layout")
+    p.add_argument("--workers", type=parse_int, default=None,
+                   help="decoding threads, 1 to 1024 (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
+
+    def run(_):
+        t0 = time.perf_counter()
         c = build_cache(a.dataset, a.data_root, a.size, a.out, a.layout, a.workers,
                         progress=not a.no_progress)
-    except MonetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    dt = time.perf_counter() - t0
-    print(f"cache {a.out}: {c.count} images of 3x{c.size}x{c.size} "
-          f"({c.count * 3 * c.size * c.size / 2**20:.1f} MiB) in {dt:.1f} s")
-    return 0
+        dt = time.perf_counter() - t0
+        print(f"cache {a.out}: {c.count} images of 3x{c.size}x{c.size} "
+              f"({c.count * 3 * c.size * c.size / 2**20:.1f} MiB) in {dt:.1f} s")
+        return 0
+
+    return run_main(run)
 
 
 if __name__ == "__main__":

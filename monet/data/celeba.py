@@ -50,8 +50,9 @@ def read_attributes(path: Path) -> tuple:
     """``(names, keys, values [N, A] in {-1, 1})`` of ``list_attr_celeba.txt``."""
     import pandas as pd
 
-    with open(path) as f:
-        head = [f.readline().split(), f.readline().split()]
+    from monet.io import read_text_lines
+    lines = read_text_lines(path, "CelebA attribute text file")   # binary/undecodable: one line
+    head = [(lines[0] if lines else "").split(), (lines[1] if len(lines) > 1 else "").split()]
     try:
         count = int(head[0][0])
     except (IndexError, ValueError):
@@ -96,16 +97,17 @@ def _read_attributes_slow(path: Path, names: list) -> tuple:
 
 def read_partition(path: Path) -> dict:
     """Image -> ``(partition 0/1/2, line)`` from ``list_eval_partition.txt``."""
+    from monet.io import read_text_lines
+
     out = {}
-    with open(path) as f:
-        for i, ln in enumerate(f):
-            r = ln.split()
-            if not r:
-                continue
-            if len(r) != 2 or r[1] not in ("0", "1", "2"):
-                raise DataError(f"{path}:{i + 1}: expected 'image partition' with partition 0, 1 "
-                                f"or 2, got {ln.strip()!r}")
-            out[r[0]] = (int(r[1]), i + 1)
+    for i, ln in enumerate(read_text_lines(path, "CelebA partition text file")):
+        r = ln.split()
+        if not r:
+            continue
+        if len(r) != 2 or r[1] not in ("0", "1", "2"):
+            raise DataError(f"{path}:{i + 1}: expected 'image partition' with partition 0, 1 "
+                            f"or 2, got {ln.strip()!r}")
+        out[r[0]] = (int(r[1]), i + 1)
     if not out:
         raise DataError(f"{path}: empty partition file")
     return out

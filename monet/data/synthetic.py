@@ -47,7 +47,6 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -63,7 +62,7 @@ from monet.data.affwild2 import AFFWILD2_AUS, HEADER as AFFWILD2_HEADER
 from monet.data.au import (BP4D_AUS, BP4D_PARTS, DISFA_ALL_AUS, DISFA_AUS, DISFA_PARTS,
                            TEST_PART_OF_FOLD, part_of)
 from monet.data.celeba import CELEBA_ATTRS
-from monet.errors import ConfigError, DataError
+from monet.errors import ConfigError
 
 FORMATS = ("bp4d", "disfa", "celeba", "affwild2")
 
@@ -549,6 +548,7 @@ def _affwild2(out: Path, subjects: int, frames: int, size: int, seed: int,
     return {"images": n, "videos": subjects}
 
 
+MAX_FRAMES, MAX_SUBJECTS, MAX_IMAGES = 100_000, 100_000, 2_000_000
 DEFAULTS = {"bp4d": dict(subjects=9, frames=60), "disfa": dict(subjects=9, frames=60),
             "celeba": dict(subjects=40, frames=10), "affwild2": dict(subjects=10, frames=60)}
 
@@ -576,15 +576,26 @@ def write_synthetic(fmt: str, out, subjects=None, frames=None, size: int = 64, s
         raise ConfigError(f"--layout: expected graphau, jaanet, raw or all, got {layout!r}")
     if layout == "raw" and fmt != "disfa":
         raise ConfigError("--layout raw: only DISFA has raw intensity files")
+    from monet.cli import check_output_dir
+
     subjects = int(DEFAULTS[fmt]["subjects"] if subjects is None else subjects)
     frames = int(DEFAULTS[fmt]["frames"] if frames is None else frames)
-    if frames < 1:
-        raise ConfigError(f"--frames: expected >= 1, got {frames}")
+    if not 1 <= frames <= MAX_FRAMES:
+        raise ConfigError(f"--frames: expected 1 to {MAX_FRAMES} images per subject, got {frames}")
+    if fmt in ("bp4d", "disfa"):
+        subject_ids(fmt, subjects)                  # 3 .. the dataset's subject count
+    elif not 3 <= subjects <= MAX_SUBJECTS:
+        raise ConfigError(f"--subjects: {fmt} needs 3 to {MAX_SUBJECTS} "
+                          f"{'identities' if fmt == 'celeba' else 'videos'}, got {subjects}")
+    if subjects * frames > MAX_IMAGES:
+        raise ConfigError(f"--subjects x --frames: {subjects * frames} images; at most "
+                          f"{MAX_IMAGES} (a synthetic set for tests, not a real dataset)")
     if not 16 <= int(size) <= 1024:
         raise ConfigError(f"--size: expected 16 to 1024 pixels, got {size}")
+    if not 0 <= int(seed) <= 2 ** 32 - 1:
+        raise ConfigError(f"--seed: expected 0 to {2 ** 32 - 1}, got {seed}")
+    check_output_dir(out, overwrite=False, flag="--out", marker=None, overwrite_flag=None)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out: {out} exists and is not an empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -607,26 +618,30 @@ def write_synthetic(fmt: str, out, subjects=None, frames=None, size: int = 64, s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m monet.data.synthetic",
-                                description="Draw synthetic faces in a real dataset layout.")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--subjects", type=int, default=None,
-                   help="subjects / videos / identities (default: bp4d, disfa 9; celeba 40; affwild2 10)")
-    p.add_argument("--frames", type=int, default=None, help="images per subject (default 60; celeba 10)")
-    p.add_argument("--size", type=int, default=64, help="image width in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    from monet.cli import ArgumentParser, parse_int, run_main
+
+    p = ArgumentParser(prog="python -m monet.data.synthetic",
+                       description="Draw synthetic faces in a real dataset layout.")
+    p.add_argument("--format", required=True, choices=FORMATS, help="dataset layout to write")
+    p.add_argument("--out", required=True, help="folder to create (new or empty)")
+    p.add_argument("--subjects", type=parse_int, default=None,
+                   help="subjects / videos / identities (default: bp4d, disfa 9; celeba 40; "
+                        "affwild2 10)")
+    p.add_argument("--frames", type=parse_int, default=None,
+                   help="images per subject (default: 60; celeba 10)")
+    p.add_argument("--size", type=parse_int, default=64, help="image width in pixels, 16 to 1024")
+    p.add_argument("--seed", type=parse_int, default=0, help="random seed (same seed, same bytes)")
     p.add_argument("--layout", default="graphau", choices=("graphau", "jaanet", "raw", "all"),
-                   help="bp4d/disfa: which list files to write (default graphau)")
+                   help="bp4d/disfa: which list files to write")
     a = p.parse_args(argv)
-    try:
+
+    def run(_):
         info = write_synthetic(a.format, a.out, a.subjects, a.frames, a.size, a.seed, a.layout)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {a.out}: {info['images']} images ({a.format}, {info['layout']} layout, "
-          f"{a.size} px, seed {a.seed})")
-    return 0
+        print(f"wrote {a.out}: {info['images']} images ({a.format}, {info['layout']} layout, "
+              f"{a.size} px, seed {a.seed})")
+        return 0
+
+    return run_main(run)
 
 
 if __name__ == "__main__":

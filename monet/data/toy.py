@@ -15,7 +15,6 @@ CLI: ``python -m monet.data.toy --T 5 --export toy.csv`` writes features, labels
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -28,6 +27,7 @@ from monet.tasks import TaskSpec
 
 READINGS = ("bits", "printed")
 MAX_T = 10
+MAX_ROWS = 10 ** 7
 
 
 def toy_labels(x1: np.ndarray, T: int, reading: str = "bits") -> np.ndarray:
@@ -47,8 +47,11 @@ def make_toy(T: int = 5, reading: str = "bits", seed: int = 0, n_train: int = 50
     if not isinstance(T, (int, np.integer)) or not 1 <= T <= MAX_T:
         raise ConfigError(f"T: expected an integer from 1 to {MAX_T}, got {T!r}")
     for n, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if int(v) < 1:
-            raise ConfigError(f"{n}: expected a positive size, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_ROWS:
+            raise ConfigError(f"{n}: expected a size from 1 to {MAX_ROWS}, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
+            not 0 <= seed <= 2 ** 32 - 1:
+        raise ConfigError(f"seed: expected an integer from 0 to {2 ** 32 - 1}, got {seed!r}")
     rng = np.random.default_rng(seed)
     n = n_train + n_val + n_test
     x = rng.uniform(-1.0, 1.0, size=(n, 2))
@@ -86,24 +89,30 @@ def load_toy(config) -> DataBundle:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m monet.data.toy", description=__doc__.split("\n")[0])
-    p.add_argument("--T", type=int, default=5)
-    p.add_argument("--reading", choices=READINGS, default="bits")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=500)
-    p.add_argument("--n-val", type=int, default=250)
-    p.add_argument("--n-test", type=int, default=250)
-    p.add_argument("--export", required=True, help="CSV file to write")
+    from monet.cli import ArgumentParser, check_output_file, parse_int, run_main
+
+    p = ArgumentParser(prog="python -m monet.data.toy", description=__doc__.split("\n")[0])
+    p.add_argument("--T", type=parse_int, default=5, help=f"number of tasks, 1 to {MAX_T}")
+    p.add_argument("--reading", choices=READINGS, default="bits",
+                   help="'bits' (the text's reading) or 'printed' (eq. 28 as printed)")
+    p.add_argument("--seed", type=parse_int, default=0, help="seed of the draw")
+    p.add_argument("--n-train", type=parse_int, default=500, help="training rows")
+    p.add_argument("--n-val", type=parse_int, default=250, help="validation rows")
+    p.add_argument("--n-test", type=parse_int, default=250, help="test rows")
+    p.add_argument("--export", required=True,
+                   help="CSV file to write (features x1, x2, labels task1.., split); replaced "
+                        "atomically if it exists")
     a = p.parse_args(argv)
-    try:
+
+    def run(_):
+        check_output_file(a.export, flag="--export")
         b = make_toy(a.T, a.reading, a.seed, a.n_train, a.n_val, a.n_test)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from monet.io import atomic_write_text
-    atomic_write_text(a.export, to_frame(b).to_csv(index=False, float_format="%.17g"))
-    print(f"wrote {a.export}: {sum(b.meta['sizes'])} rows, T={a.T}, reading={a.reading}")
-    return 0
+        from monet.io import atomic_write_text
+        atomic_write_text(a.export, to_frame(b).to_csv(index=False, float_format="%.17g"))
+        print(f"wrote {a.export}: {sum(b.meta['sizes'])} rows, T={a.T}, reading={a.reading}")
+        return 0
+
+    return run_main(run)
 
 
 if __name__ == "__main__":
