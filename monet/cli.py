@@ -36,9 +36,7 @@ from monet.errors import ConfigError, MonetError
 EXIT_BAD_INPUT = 2
 
 
-def one_line(msg) -> str:
-    """``msg`` as a single line (newlines and runs of spaces collapsed)."""
-    return " ".join(str(msg).split())
+from monet.io import load_yaml_mapping, one_line  # noqa: E402,F401  (re-exported)
 
 
 def fail(msg) -> "NoReturn":  # noqa: F821
@@ -192,7 +190,8 @@ def parse_temperatures(s: str) -> dict:
     return out
 
 
-_SPECIAL_TYPES = {"order": (parse_order, "I,J,..."), "temperatures": (parse_temperatures, "G=T,...")}
+_SPECIAL_TYPES = {"order": (parse_order, "I,J,..."), "temperatures": (parse_temperatures, "G=T,..."),
+                  "group_weights": (parse_temperatures, "G=W,...")}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls=None, skip: Iterable[str] = (),
@@ -361,56 +360,6 @@ def check_output_file(path, flag: str = "--out") -> Path:
     if not os.access(a, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: cannot write {path}: {a} is not writable (read-only folder)")
     return p
-
-
-def load_yaml_mapping(path, flag: str, what: str = "a mapping of name: value") -> dict:
-    """Read a YAML file that must hold a mapping (an empty file is ``{}``).
-
-    Every problem is one ``ConfigError`` line naming the file: missing, a folder, unreadable,
-    binary, malformed YAML (with line and column), or not a mapping (a list, a number, text).
-
-    Example:
-        >>> import tempfile
-        >>> f = os.path.join(tempfile.mkdtemp(), "c.yaml")
-        >>> _ = open(f, "w").write("- 1\\n- 2\\n")
-        >>> load_yaml_mapping(f, "--config")
-        Traceback (most recent call last):
-        ...
-        monet.errors.ConfigError: ...c.yaml: expected a mapping of name: value, got a list (2 items)
-    """
-    import yaml
-
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{flag}: no such file {path}")
-    if p.is_dir():
-        raise ConfigError(f"{flag}: {path} is a folder; expected a YAML file")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{flag}: cannot read {path} ({e.strerror or e})") from None
-    bad = data.find(b"\x00")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad = e.start if bad < 0 else min(bad, e.start)
-    if bad >= 0:
-        raise ConfigError(f"{path}: binary data at byte {bad}, not a YAML text file; "
-                          f"expected {what}")
-    try:
-        d = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML{where} ({one_line(problem)}); "
-                          f"expected {what}") from None
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        from monet.config import _kind
-        raise ConfigError(f"{path}: expected {what}, got {_kind(d)}")
-    return d
 
 
 # ---------------------------------------------------------------------------------- main

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from monet.errors import ConfigError
+from monet.io import yaml_kind
 
 BIG = 10 ** 6          # upper bound of counts and epochs: beyond it a value is a typo, not a plan
 SEED_MAX = 2 ** 32 - 1
@@ -172,7 +173,7 @@ class TrainConfig:
         error naming it and ``source``."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a mapping of TrainConfig field: value, got "
-                              f"{_kind(d)}")
+                              f"{yaml_kind(d)}")
         bad_keys = [k for k in d if not isinstance(k, str)]
         if bad_keys:
             raise ConfigError(f"{source}: field names must be text, got {bad_keys[0]!r}")
@@ -187,7 +188,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path, flag: str = "--config") -> "TrainConfig":
         """Read a YAML file of fields (any malformed file is one ``ConfigError`` line)."""
-        from monet.cli import load_yaml_mapping
+        from monet.io import load_yaml_mapping
 
         return cls.from_dict(load_yaml_mapping(path, flag), source=str(path))
 
@@ -236,17 +237,6 @@ def _hints(cls) -> dict:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
-
-
-def _kind(v) -> str:
-    """How a YAML value reads in a message: ``a list``, ``text 'x'``..."""
-    if v is None:
-        return "nothing (an empty file)"
-    if isinstance(v, list):
-        return f"a list ({len(v)} items)"
-    if isinstance(v, str):
-        return f"text {v[:40]!r}"
-    return f"{type(v).__name__} {v!r}"[:60]
 
 
 def _base_type(tp):

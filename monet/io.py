@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from monet.errors import ConfigError
+
 
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
@@ -112,3 +114,69 @@ def read_text_lines(path, what: str = "text file") -> list:
     while lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+# ---------------------------------------------------------------------------------- YAML input
+def one_line(msg) -> str:
+    """``msg`` as a single line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(msg).split())
+
+
+def yaml_kind(v) -> str:
+    """How a YAML value reads in a message: ``a list``, ``text 'x'``..."""
+    if v is None:
+        return "nothing (an empty file)"
+    if isinstance(v, list):
+        return f"a list ({len(v)} items)"
+    if isinstance(v, str):
+        return f"text {v[:40]!r}"
+    return f"{type(v).__name__} {v!r}"[:60]
+
+
+def load_yaml_mapping(path, flag: str, what: str = "a mapping of name: value") -> dict:
+    """Read a YAML file that must hold a mapping (an empty file is ``{}``).
+
+    Every problem is one ``ConfigError`` line naming the file: missing, a folder, unreadable,
+    binary, malformed YAML (with line and column), or not a mapping (a list, a number, text).
+
+    Example:
+        >>> import tempfile
+        >>> f = os.path.join(tempfile.mkdtemp(), "c.yaml")
+        >>> _ = open(f, "w").write("- 1\\n- 2\\n")
+        >>> load_yaml_mapping(f, "--config")
+        Traceback (most recent call last):
+        ...
+        monet.errors.ConfigError: ...c.yaml: expected a mapping of name: value, got a list (2 items)
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{flag}: no such file {path}")
+    if p.is_dir():
+        raise ConfigError(f"{flag}: {path} is a folder; expected a YAML file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot read {path} ({e.strerror or e})") from None
+    bad = data.find(b"\x00")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start if bad < 0 else min(bad, e.start)
+    if bad >= 0:
+        raise ConfigError(f"{path}: binary data at byte {bad}, not a YAML text file; "
+                          f"expected {what}")
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML{where} ({one_line(problem)}); "
+                          f"expected {what}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected {what}, got {yaml_kind(d)}")
+    return d

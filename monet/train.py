@@ -28,9 +28,7 @@ CLI:
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -43,7 +41,7 @@ import torch
 from monet.config import TrainConfig
 from monet.data.base import DataBundle
 from monet.errors import MonetError, NonFiniteLossError
-from monet.io import atomic_torch_save, atomic_write_yaml
+from monet.io import atomic_torch_save, atomic_write_text, atomic_write_yaml, clean_stale_tmp
 from monet.losses import (dice_loss, inverse_frequency_weights, mixture_nll, prior_log_odds,
                           task_nll, temperature_weights)
 from monet.metrics import compute_metrics
@@ -349,6 +347,7 @@ class RunFolder:
     def __enter__(self) -> "RunFolder":
         if self.path:
             self.path.mkdir(parents=True, exist_ok=True)
+            clean_stale_tmp(self.path)                 # a save killed half-way left a .tmp
             atomic_write_yaml(self.path / "config.yaml", self.config.to_dict())
             self.checkpoint_dir = self.path / "checkpoint"
             self._metrics = open(self.path / "metrics.jsonl", "a")
@@ -360,6 +359,19 @@ class RunFolder:
             self.checkpoint_dir = Path(self._tmp.name)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         return self
+
+    def keep_rounds(self, last_round: int) -> None:
+        """Drop ``metrics.jsonl`` lines of rounds after ``last_round`` (written after the
+        checkpoint a run resumes from: they are run again)."""
+        if not self.path:
+            return
+        f = self.path / "metrics.jsonl"
+        lines = f.read_text().splitlines() if f.is_file() else []
+        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("round", 0) <= last_round]
+        if len(keep) != len(lines):
+            self._metrics.close()
+            atomic_write_text(f, "".join(ln + "\n" for ln in keep))
+            self._metrics = open(f, "a")
 
     @property
     def checkpoint_file(self) -> Path:
@@ -431,6 +443,7 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
     with RunFolder(run_dir, c) as folder:
         if resume_from is not None:
             progress = restore_checkpoint(resume_from, model, optim, gen)
+            folder.keep_rounds(progress["round"])
         else:
             progress = {"step": 0, "round": 0, "best": None, "last": {}}
             torch.manual_seed(int(c.seed) + 2)
@@ -449,10 +462,10 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
             if progress["best"] is None or last["val/loss"] < progress["best"]["val/loss"]:
                 progress["best"] = dict(last)
             progress["step"], progress["last"] = step, last
+            folder.log(last, model)    # before the checkpoint: a resume drops lines after it
             wrote = progress["round"] % int(c.checkpoint_every) == 0 or step >= plan.total_steps
             if wrote:
                 save_checkpoint(folder.checkpoint_file, model, optim, gen, progress, c, data.spec)
-            folder.log(last, model)
             if log:
                 log(_progress_line(last))
             if report is not None:
@@ -476,91 +489,143 @@ def _progress_line(m: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m monet.train",
-                                description="Train one multi-task model (no Ray).")
-    d = TrainConfig()
-    p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
-    for name, val in d.to_dict().items():
-        flag = "--" + name.replace("_", "-")
-        if name == "order":
-            p.add_argument(flag, help="task order, comma-separated 0-based indices")
-        elif name == "temperatures":
-            p.add_argument(flag, help="group=T pairs, comma-separated (e.g. au=1,expr=5)")
-        elif isinstance(val, bool):
-            p.add_argument(flag, type=_bool, default=None, metavar="BOOL")
-        elif isinstance(val, (int, float)) and not isinstance(val, bool):
-            kind = float if TrainConfig.__dataclass_fields__[name].type == "float" else type(val)
-            p.add_argument(flag, type=kind, default=None)
-        else:
-            p.add_argument(flag, default=None)
-    p.add_argument("--out", help="run folder (config.yaml, metrics.jsonl, checkpoint/, events/)")
-    p.add_argument("--resume", help="checkpoint file or folder to resume from")
-    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+RUNTIME_FIELDS = ("device", "num_workers", "tensorboard")   # may differ when a run is resumed
+
+
+def build_parser():
+    """The ``python -m monet.train`` parser: one flag per TrainConfig field (help, default and
+    choices from the field's metadata in ``monet/config.py``), and the run flags."""
+    from monet.cli import ArgumentParser, add_config_flags
+
+    p = ArgumentParser(prog="python -m monet.train",
+                       description="Train one multi-task model (no Ray).")
+    g = p.add_argument_group("run")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML file of TrainConfig fields, a run's config.yaml or a search's "
+                        "best_config.yaml (flags given override it)")
+    g.add_argument("--out", metavar="DIR",
+                   help="run folder (config.yaml, metrics.jsonl, checkpoint/, events/); must be "
+                        "new or empty")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run folder --out if it exists (run folders only)")
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its folder (or its checkpoint folder or file), with "
+                        "the config saved there; flags that contradict it are refused")
+    g.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    add_config_flags(p)
     return p
 
 
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+def _config_mapping(path: str) -> dict:
+    """A config file's TrainConfig mapping (a search's best_config.yaml holds it under config)."""
+    from monet.cli import load_yaml_mapping
 
-
-_INT_OR_NONE = {"data_seed", "max_steps_per_epoch", "image_size"}
+    d = load_yaml_mapping(path, "--config", what="a mapping of TrainConfig field: value")
+    if isinstance(d.get("config"), dict) and "trial_id" in d:
+        d = d["config"]                          # a search's best_config.yaml
+    TrainConfig.from_dict(d, source=str(path))
+    return d
 
 
 def config_from_args(a) -> TrainConfig:
-    import yaml
-
-    base = {}
-    if a.config:
-        if not os.path.isfile(a.config):
-            raise MonetError(f"--config: no such file {a.config}")
-        with open(a.config) as f:
-            base = yaml.safe_load(f) or {}
-        if isinstance(base, dict) and isinstance(base.get("config"), dict) and "trial_id" in base:
-            base = base["config"]   # a search's best_config.yaml: its TrainConfig
-        TrainConfig.from_dict(base, source=a.config)
+    """``--config`` with the flags given on top."""
+    base = _config_mapping(a.config) if a.config else {}
     for name in TrainConfig.fields():
         v = getattr(a, name, None)
-        if v is None:
-            continue
-        if name == "order":
-            try:
-                v = [int(t) for t in v.split(",")]
-            except ValueError:
-                raise MonetError(f"--order: expected comma-separated task indices, got {v!r}") from None
-        elif name == "temperatures":
-            try:
-                v = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in v.split(",")}
-            except (IndexError, ValueError):
-                raise MonetError(f"--temperatures: expected group=T pairs, got {v!r}") from None
-        elif name in _INT_OR_NONE:
-            try:
-                v = int(v)
-            except ValueError:
-                raise MonetError(f"--{name.replace('_', '-')}: expected an integer, got {v!r}") from None
-        base[name] = v
+        if v is not None:
+            base[name] = v
     return TrainConfig.from_dict(base, source="flags")
 
 
+def resume_target(path: str) -> tuple:
+    """``--resume`` path -> ``(run_dir or None, checkpoint file)``: a run folder, its
+    ``checkpoint/`` folder or the ``checkpoint.pt`` file."""
+    p = Path(path)
+    if (p / "checkpoint" / CHECKPOINT_FILE).is_file():
+        return p, p / "checkpoint" / CHECKPOINT_FILE
+    if (p / CHECKPOINT_FILE).is_file():
+        ck = p / CHECKPOINT_FILE
+    elif p.is_file():
+        ck = p
+    else:
+        raise MonetError(f"--resume: {path}: no run folder or checkpoint there (expected "
+                         f"RUN_DIR with checkpoint/{CHECKPOINT_FILE})")
+    run = ck.parent.parent if ck.parent.name == "checkpoint" else None
+    return (run if run is not None and (run / "config.yaml").is_file() else None), ck
+
+
+def resume_config(a, ck_file: Path, run_dir) -> TrainConfig:
+    """The config a run was started with (its ``config.yaml``, else the checkpoint's copy); a
+    flag or ``--config`` that contradicts it is refused (``device``, ``num_workers`` and
+    ``tensorboard`` may change)."""
+    try:
+        ck = load_checkpoint(ck_file)
+    except Exception as e:  # noqa: BLE001 - truncated, garbage: one line
+        raise MonetError(f"--resume: {ck_file} is not a readable checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
+                         ) from None
+    if run_dir is not None:
+        saved = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+    elif isinstance(ck.get("config"), dict):
+        saved = TrainConfig.from_dict(ck["config"], source=str(ck_file))
+    else:
+        raise MonetError(f"--resume: {ck_file} holds no config and has no run folder around it")
+    given = dict(_config_mapping(a.config)) if a.config else {}
+    given.update({n: getattr(a, n) for n in TrainConfig.fields() if getattr(a, n, None) is not None})
+    d = saved.to_dict()
+    for name, v in given.items():
+        new = TrainConfig.from_dict({**d, name: v}, source="flags")
+        if getattr(new, name) != d[name] and name not in RUNTIME_FIELDS:
+            flag = ("--" + name.replace("_", "-") if getattr(a, name, None) is not None
+                    else "--config")
+            raise MonetError(f"{flag}: {name} = {getattr(new, name)!r} contradicts the resumed "
+                             f"run's {d[name]!r}; a resumed run keeps its saved config")
+        d[name] = getattr(new, name)
+    return TrainConfig.from_dict(d, source="flags")
+
+
+def prepare_run(a) -> tuple:
+    """Everything checked before any work: ``(config, run_dir, checkpoint or None)``."""
+    from monet.cli import check_output_dir
+    from monet.config import check_device
+
+    ck_file = None
+    if a.resume:
+        run_dir, ck_file = resume_target(a.resume)
+        c = resume_config(a, ck_file, run_dir)
+        out = a.out or (str(run_dir) if run_dir is not None else None)
+        if out is not None and (run_dir is None or Path(out).resolve() != Path(run_dir).resolve()):
+            check_output_dir(out, a.overwrite)    # a new folder continuing from the checkpoint
+    else:
+        c = config_from_args(a)
+        out = a.out
+        if out is not None:
+            check_output_dir(out, a.overwrite)
+    check_device(c)
+    return c, out, ck_file
+
+
 def main(argv=None) -> int:
+    from monet.cli import run_main
+
+    return run_main(_main, argv)
+
+
+def _main(argv) -> int:
+    import shutil
+
     from monet.data import load_dataset
 
     a = build_parser().parse_args(argv)
-    try:
-        c = config_from_args(a)
-        c.test_at_end = True
-        data = load_dataset(c)
-        res = fit(c, data, run_dir=a.out, resume_from=a.resume, log=None if a.quiet else print)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except MonetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    c, out, ck_file = prepare_run(a)
+    c.test_at_end = True
+    data = load_dataset(c)
+    fresh_out = out is not None and not (a.resume and ck_file is not None
+                                         and Path(out).resolve() == ck_file.parent.parent.resolve())
+    if fresh_out and a.overwrite and Path(out).is_dir():
+        shutil.rmtree(out)                       # checked by check_output_dir: a run folder
+    res = fit(c, data, run_dir=out, resume_from=str(ck_file) if ck_file else None,
+              log=None if a.quiet else print)
     test = res["test"]
     names = data.spec.names
     print(f"test results ({c.dataset}, family {c.family}, seed {c.seed}):")
@@ -578,8 +643,8 @@ def main(argv=None) -> int:
         print(f"learned order: {' -> '.join(order)}  (0-based {res['order']})")
         if "order/dist_to_identity" in res["metrics"]:
             print(f"||Omega - I||_F^2 = {res['metrics']['order/dist_to_identity']:.4f}")
-    if a.out:
-        print(f"run folder: {a.out}")
+    if out:
+        print(f"run folder: {out}")
     return 0
 
 

@@ -25,11 +25,10 @@ from monet.errors import ConfigError
 
 @dataclass(frozen=True)
 class DataFlag:
-    """A TrainConfig field the search takes as a flag (``--<field with dashes>``)."""
+    """A TrainConfig field the search takes as a flag (``--<field with dashes>``); its help,
+    type, choices and bounds come from the field's metadata in ``monet/config.py``."""
 
     field: str
-    type: type
-    help: str
     searchable: bool = False    # a space file may search it too (the flag then sets the default)
 
     @property
@@ -37,36 +36,11 @@ class DataFlag:
         return "--" + self.field.replace("_", "-")
 
 
-def _bool(s: str) -> bool:
-    if str(s).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(s).lower() in ("0", "false", "no", "off"):
-        return False
-    import argparse
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
 # The data flags: fixed for every trial of a search, set by flags only (a space file may not).
-DATA_FLAGS = (
-    DataFlag("T", int, "toy: number of tasks (default 5)"),
-    DataFlag("reading", str, "toy: bits | printed"),
-    DataFlag("n_train", int, "toy: training examples (default 500)"),
-    DataFlag("n_val", int, "toy: validation examples (default 250)"),
-    DataFlag("n_test", int, "toy: test examples (default 250)"),
-    DataFlag("data_seed", int, "seed of the toy draw / the validation subjects (default: --seed)"),
-    DataFlag("data_root", str, "face data folder or tabular file"),
-    DataFlag("fold", int, "face data: test fold of the 3-fold protocol (1..3)"),
-    DataFlag("val_subjects", float, "face data: share of training subjects held out for validation"),
-    DataFlag("layout", str, "BP4D/DISFA list layout: auto | graphau | jaanet | raw"),
-    DataFlag("subset", str, "celeba attribute subset"),
-    DataFlag("cache", str, "face data: folder of the uint8 face cache"),
-    DataFlag("image_size", int, "face data: input size (default: the backbone's)"),
-    DataFlag("backbone", str, "encoder: auto (mlp for vectors, inception_v3 for faces), mlp, "
-                              "tiny_cnn or any timm name"),
-    DataFlag("pretrained", str, "local weights file for the backbone (never downloaded)"),
-    DataFlag("augment", _bool, "face data: flip + small rotation/zoom (true/false)",
-             searchable=True),
-)
+DATA_FLAGS = tuple(DataFlag(f) for f in (
+    "T", "reading", "n_train", "n_val", "n_test", "data_seed", "data_root", "fold",
+    "val_subjects", "layout", "subset", "cache", "image_size", "backbone", "pretrained")) + (
+    DataFlag("augment", searchable=True),)
 
 # TrainConfig fields the search owns through other flags or always sets itself.
 # Flags that may change when a search is resumed (the budget); any other given flag must match.

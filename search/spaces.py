@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from monet.config import TrainConfig
@@ -352,25 +351,11 @@ class SearchSpace:
 
 
 def load_space_file(path) -> dict:
-    """Read a space YAML file into a mapping (clear one-line errors)."""
-    import yaml
+    """Read a space YAML file into a mapping (missing, binary, malformed or not a mapping: one
+    ``ConfigError`` line naming the file)."""
+    from monet.cli import load_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--space: no such file {path}")
-    try:
-        with open(p) as f:
-            d = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a mapping of parameter -> range or value, "
-                          f"got {type(d).__name__}")
-    return d
+    return load_yaml_mapping(path, "--space", what="a mapping of parameter: range or value")
 
 
 # ---------------------------------------------------------------------- parsing helpers

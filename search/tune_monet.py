@@ -46,21 +46,14 @@ class BadInput(Exception):
     """A flag, file or cluster problem found before any trial starts (exit code 2)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python search/tune_monet.py",
-                description="Optuna-suggested trials on Ray Tune with ASHA for monet models.")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=DEFAULTS["dataset"], help="dataset name (default: toy)")
-    for f in DATA_FLAGS:
-        g.add_argument(f.flag, type=f.type, default=None, help=f.help,
-                       metavar="BOOL" if f.type is not int and f.type is not float
-                       and f.type is not str else None)
+    from monet.cli import ArgumentParser, add_config_flags
+
+    p = ArgumentParser(prog="python search/tune_monet.py",
+                       description="Optuna-suggested trials on Ray Tune with ASHA for monet models.")
+    p.add_argument("--dataset", default=DEFAULTS["dataset"], help="dataset name (default: toy)")
+    add_config_flags(p, only=[f.field for f in DATA_FLAGS],
+                     group="data (fixed for every trial; TrainConfig fields)")
     g = p.add_argument_group("search")
     g.add_argument("--family", default=DEFAULTS["family"],
                    help="model family (vmnc, vmns, mrnn, monet, oracle) or 'all'")
@@ -70,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "val/mean_f1; Aff-Wild2: val/p_mtl)")
     g.add_argument("--mode", choices=("max", "min"), default=None,
                    help="default: min for *loss metrics, else max")
-    g.add_argument("--num-samples", type=int, default=DEFAULTS["num_samples"])
+    g.add_argument("--num-samples", type=int, default=DEFAULTS["num_samples"], metavar="N",
+                   help="trials in all (with --resume: more than before extends the search)")
     g.add_argument("--max-epochs", type=float, default=DEFAULTS["max_epochs"],
                    help="epoch budget of a full trial (ASHA's max_t)")
     g.add_argument("--eval-every", type=float, default=DEFAULTS["eval_every"],
@@ -78,31 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grace-period", type=float, default=None,
                    help="epochs before ASHA may stop a trial (default: max-epochs/10, "
                         "at least one round)")
-    g.add_argument("--reduction-factor", type=float, default=DEFAULTS["reduction_factor"])
+    g.add_argument("--reduction-factor", type=float, default=DEFAULTS["reduction_factor"],
+                   metavar="X", help="ASHA: a share 1/X of the trials go on at each rung")
     g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
                    help="fifo runs every trial to the full budget")
-    g.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
-    g.add_argument("--n-startup-trials", type=int, default=None,
+    g.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                   help="Optuna sampler")
+    g.add_argument("--n-startup-trials", type=int, default=None, metavar="N",
                    help="random trials before TPE (default: num-samples/4, 3..10)")
-    g.add_argument("--max-concurrent", type=int, default=None,
+    g.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                    help="trials at once (default: what the cluster's CPUs/GPUs allow)")
     g.add_argument("--time-budget", type=float, default=None, help="seconds for the whole search")
     g.add_argument("--seed", type=int, default=0, help="sampler seed and every trial's seed")
-    g.add_argument("--optuna-storage", default=None,
+    g.add_argument("--optuna-storage", default=None, metavar="URL",
                    help="the study's storage: sqlite:///study.db or journal:FILE (shared disks); "
                         "default: study.db in the experiment folder")
-    g.add_argument("--trial-timeout", type=float, default=None,
+    g.add_argument("--trial-timeout", type=float, default=None, metavar="S",
                    help="seconds a trial may run; then it is stopped (PRUNED in Optuna)")
     g.add_argument("--warm-start", default=None, metavar="PATH",
                    help="start with the best configs of another search: its experiment folder "
                         "or sqlite:///file.db#study_name")
-    g.add_argument("--warm-start-top", type=int, default=5,
+    g.add_argument("--warm-start-top", type=int, default=5, metavar="K",
                    help="how many configs --warm-start takes (5)")
     g = p.add_argument_group("resources and Ray")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0)
-    g.add_argument("--gpus-per-trial", type=float, default=0.0,
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="X",
+                   help="CPUs of one trial (also its torch threads)")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="X",
                    help="fractions pack several small trials on one GPU")
-    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    g.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of a local Ray instance (default: all of this machine's)")
     g.add_argument("--address", default=None,
                    help="Ray cluster (host:port, auto, ray://...); default: $RAY_ADDRESS, "
                         "else a local instance")
@@ -157,6 +155,8 @@ def resolve(a) -> SearchSettings:
             ("--max-failures", a.max_failures, a.max_failures >= 0, ">= 0")):
         if not ok:
             raise BadInput(f"{flag}: got {v!r}; expected {want}")
+    if a.num_cpus is not None and a.num_cpus < 1:
+        raise BadInput(f"--num-cpus: got {a.num_cpus}; expected >= 1")
     if a.max_concurrent is not None and a.max_concurrent < 1:
         raise BadInput(f"--max-concurrent: got {a.max_concurrent}; expected >= 1")
     if a.time_budget is not None and not a.time_budget > 0:
@@ -179,7 +179,8 @@ def resolve(a) -> SearchSettings:
         n_startup = int(min(10, max(3, a.num_samples // 4)))
     storage = str(a.storage_path)
     if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
+        from monet.cli import check_writable_dir
+        storage = str(check_writable_dir(Path(storage).expanduser().resolve(), "--storage-path"))
     name = a.name or f"{a.dataset}-{a.family}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if not name or "/" in name or name.startswith("."):
         raise BadInput(f"--name: {name!r} is not a plain folder name")
@@ -323,17 +324,18 @@ def _run(a, argv) -> int:
                            autoscaling=bool(address))
         runtime = TrialRuntime(threads=max(1, int(s.cpus_per_trial)), fault=fault,
                                exp_dir=str(exp) if exp is not None else None)
+        saved = {"search": s.to_dict(), "base": base, "space": space.describe(),
+                 "space_overrides": space_overrides,
+                 # on --resume the budget may have grown; everything else is as saved
+                 "argv": _saved_argv(exp) if a.resume else sys.argv[1:]}
         if exp is not None:
-            from monet.io import atomic_write_yaml
             exp.mkdir(parents=True, exist_ok=True)
-            saved = {"search": s.to_dict(), "base": base, "space": space.describe(),
-                     "space_overrides": space_overrides, "argv": sys.argv[1:]}
-            if a.resume:   # the budget may have grown; everything else is as saved
-                saved["argv"] = _saved_argv(exp)
-            atomic_write_yaml(exp / "config.yaml", saved)
         storage = make_storage(s.study_url)
         tuner = build_tuner(s, base, data, space, storage, runtime, resume=a.resume,
                             verbose=a.verbose)
+        if exp is not None:
+            from monet.io import atomic_write_yaml
+            atomic_write_yaml(exp / "config.yaml", saved)
         grid = tuner.fit()
         return summarize(s, grid, exp, storage)
     finally:
@@ -363,8 +365,6 @@ def load_experiment(a, argv) -> tuple:
     """The saved settings, base config and space overrides of ``--storage-path/--name``, with the
     budget flags given now applied. Any other flag that differs from the saved experiment is
     refused (one line naming it and its saved value); so is a budget below what was asked."""
-    import yaml
-
     from search.settings import BUDGET_FLAGS
 
     if not a.name:
@@ -372,12 +372,14 @@ def load_experiment(a, argv) -> tuple:
     exp = Path(a.storage_path).expanduser().resolve() / a.name
     if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
         raise BadInput(f"--resume: no experiment to resume at {exp}")
+    from monet.cli import load_yaml_mapping
+
+    saved = load_yaml_mapping(exp / "config.yaml", "--resume", what="a search's saved settings")
     try:
-        saved = yaml.safe_load((exp / "config.yaml").read_text())
         s = SearchSettings.from_dict(saved["search"], source=str(exp / "config.yaml"))
-        base = saved["base"]
-    except (yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise BadInput(f"--resume: {exp / 'config.yaml'} is damaged ({type(e).__name__}); "
+        base = dict(saved["base"])
+    except (KeyError, TypeError) as e:
+        raise BadInput(f"--resume: {exp / 'config.yaml'} is damaged ({type(e).__name__}: {e}); "
                        "the experiment cannot be resumed") from None
     s = s.replace(storage_path=str(exp.parent), name=a.name)
     given = given_flags(argv)
@@ -538,9 +540,13 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
                  ] if exp is not None else []
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:
-        tuner = tune.Tuner.restore(experiment_path(s), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
+        try:
+            tuner = tune.Tuner.restore(experiment_path(s), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign tuner.pkl: one line
+            raise BadInput(f"--resume: {experiment_path(s)}/tuner.pkl cannot be read "
+                           f"({type(e).__name__}); the experiment cannot be resumed") from None
         _apply_budget(tuner, s, storage, scheduler, callbacks, failure, verbose)
         return tuner
     searcher = BudgetHonestOptunaSearch(

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from monet.data.augment import FacePrepare
 from monet.data.base import DataBundle
-from monet.data.cache import FaceCache
+from monet.data.cache import FaceCache, preflight_images
 from monet.data.faces import FaceSplit, FolderSource, image_base, image_files
 from monet.errors import ConfigError, DataError
 from monet.models.encoders import encoder_data_config
@@ -43,21 +43,27 @@ def build_bundle(name: str, spec: TaskSpec, splits: dict, config, image_root: Pa
 
     Images come from ``config.cache`` when set (every key must be in the cache), else from files
     under ``image_root`` (in the first of ``image_dirs`` that holds the first image; each must
-    exist; the first missing one is an error naming its list file and line).
+    exist and decode: a fast pre-flight pass, ``monet.data.cache.preflight_images``; the first
+    missing or corrupt one is an error naming its list file and line).
     """
     for split, rec in splits.items():
         if len(rec) == 0:
             raise DataError(f"{name}: the {split} split is empty")
     cache = FaceCache.open(config.cache) if config.cache else None
     size = resolve_image_size(config, cache.size if cache else None)
-    out, base = {}, None
+    out, base, checked = {}, None, ([], [])
     for split, rec in splits.items():
         if cache is not None:
             source = cache.source(rec)
         else:
             base = base or image_base(Path(image_root), rec, image_dirs)
-            source = FolderSource(image_files(rec, base), size, threads=int(config.num_workers))
+            files = image_files(rec, base)
+            checked[0].extend(files)
+            checked[1].extend(rec.origin)
+            source = FolderSource(files, size, threads=int(config.num_workers))
         out[split] = FaceSplit(rec, source)
+    if checked[0]:   # every image decodes, before any training (the cache checked its own)
+        preflight_images(*checked)
     norm = encoder_data_config(config.backbone)
     prepare = FacePrepare(norm["mean"], norm["std"], augment=bool(config.augment))
     meta = dict(meta or {})
