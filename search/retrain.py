@@ -401,9 +401,8 @@ class Progress:
         s = self.line(done, in_flight, failed)
         if self.tty:
             self.stream.write("\r" + s.ljust(len(self.last or "")) + ("\n" if final else ""))
-        elif s != self.last or final:
-            if s != self.last:
-                self.stream.write(s + "\n")
+        elif s != self.last:
+            self.stream.write(s + "\n")
         self.stream.flush()
         self.last = s
 

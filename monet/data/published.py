@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
-PAPER_NAMES = {"monet": "MONET paper"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class PublishedTable:
     """One published table (or the block of it for one CelebA subset).
 
     Attributes:
-        paper: top-level key of the file (``monet``, ...).
+        paper: the paper's short name (its ``short`` key, else its top-level key).
         table: the paper's table number.
         metric: ``acc``, ``f1``, ...; unit: ``percent`` or ``raw``.
         columns: our task names, then ``avg``.
@@ -47,7 +46,7 @@ class PublishedTable:
 
     @property
     def source(self) -> str:
-        return f"{PAPER_NAMES.get(self.paper, self.paper)}, Table {self.table}"
+        return f"{self.paper}, Table {self.table}"
 
     def matches(self, config) -> bool:
         """Whether ``config`` (a TrainConfig or dict) has every field of ``match``."""
@@ -56,7 +55,7 @@ class PublishedTable:
 
 
 def load(path=PUBLISHED_FILE) -> dict:
-    """The whole file: ``{paper: {dataset: [table dict, ...], "title": ...}}``."""
+    """The whole file: ``{paper: {"title": ..., "short": ..., dataset: [table dict, ...]}}``."""
     import yaml
 
     with open(path, encoding="utf-8") as f:
@@ -69,14 +68,15 @@ def all_tables(dataset: str, path=PUBLISHED_FILE) -> list:
     for paper, entry in load(path).items():
         if not isinstance(entry, dict):
             continue
-        for t in entry.get(dataset) or []:
+        tables = entry.get(dataset) or []
+        for t in tables if isinstance(tables, list) else [tables]:
             cols = tuple(t["columns"])
             rows = {str(name): [float(v) for v in vals] for name, vals in t["rows"].items()}
             for name, vals in rows.items():
                 if len(vals) != len(cols):
                     raise ValueError(f"{path}: {paper}/{dataset} row {name!r} has {len(vals)} "
                                      f"numbers for {len(cols)} columns")
-            out.append(PublishedTable(paper=paper, table=t.get("table"), metric=t.get("metric", ""),
+            out.append(PublishedTable(paper=str(entry.get("short") or paper), table=t.get("table"), metric=t.get("metric", ""),
                                       unit=t.get("unit", "percent"), columns=cols, rows=rows,
                                       match=dict(t.get("match") or {}), note=t.get("note", "")))
     return out
