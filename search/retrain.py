@@ -181,7 +181,8 @@ def read_search(path, top: int, data_root: Optional[str] = None) -> Search:
     try:
         df = pd.read_parquet(table)
     except Exception as e:
-        raise BadInput(f"{table}: not readable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise BadInput(f"{table}: not readable ({why})") from None
     col = f"last/{s.metric}"
     need = {"trial_id", "state", "stopped_early"}
     if not need <= set(df.columns):
@@ -233,7 +234,8 @@ def parse_folds(text: str, dataset: str) -> tuple:
     try:
         folds = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
-        raise BadInput(f"--folds: expected 'all' or comma-separated fold numbers, got {text!r}") from None
+        raise BadInput(f"--folds: expected 'all' or comma-separated fold numbers, "
+                       f"got {text!r}") from None
     bad = [f for f in folds if f not in allowed]
     if not folds or bad:
         if dataset in PROTOCOL_FOLDS:
@@ -394,7 +396,8 @@ class Progress:
             eta = _hms(per * math.ceil((running + left) / self.slots))
         else:
             eta = "0:00" if not (running + left) else "?"
-        s = f"{self.label}: {done}/{self.total} runs done, {running} running, {left} left, ETA {eta}"
+        s = (f"{self.label}: {done}/{self.total} runs done, {running} running, {left} left, "
+             f"ETA {eta}")
         return s + (f", {failed} failed" if failed else "")
 
     def show(self, done: int, in_flight: int, failed: int = 0, final: bool = False) -> None:
@@ -597,7 +600,7 @@ def make_plan(a) -> Plan:
         searches.sort(key=lambda s: s.fold)
         names = [c.name for s in searches for c in s.candidates]
         if len(set(names)) != len(names):
-            raise BadInput("--nested: two searches share a trial id; they must be distinct searches")
+            raise BadInput("--nested: two searches share a trial id; give distinct searches")
         folds = {i: (s.fold,) for i, s in enumerate(searches)}
         out = Path(a.out) if a.out else Path(os.path.commonpath([str(s.path) for s in searches])) \
             / "retrain-nested"
@@ -670,10 +673,15 @@ def select_winners(plan: Plan, results: dict) -> list:
             mean = sum(good) / len(good) if good else float("nan")
             rows.append({"candidate": c, "values": vals, "mean": mean, "std": _std(good)})
         sign = -1.0 if s.mode == "max" else 1.0
-        rows.sort(key=lambda r: (math.isnan(r["mean"]), sign * r["mean"] if not math.isnan(r["mean"])
-                                 else 0.0, r["candidate"].search_rank))
+        rows.sort(key=lambda r: _rank_key(r, sign))
         out.append(rows)
     return out
+
+
+def _rank_key(row: dict, sign: float) -> tuple:
+    """Best mean first (NaN means last); ties keep the search's order."""
+    bad = math.isnan(row["mean"])
+    return (bad, 0.0 if bad else sign * row["mean"], row["candidate"].search_rank)
 
 
 def _num(v) -> Optional[float]:
@@ -707,7 +715,10 @@ def table_columns(spec, dataset: str) -> list:
             cols.append((t.name, f"acc/{t.name}"))
         else:
             cols.append((t.name, f"f1/{t.name}"))
-    avg = "p_mtl" if dataset == "affwild2" else ("mean_acc" if dataset in ACC_DATASETS else "mean_f1")
+    if dataset == "affwild2":
+        avg = "p_mtl"
+    else:
+        avg = "mean_acc" if dataset in ACC_DATASETS else "mean_f1"
     return cols + [("avg", avg)]
 
 
@@ -723,7 +734,8 @@ def our_rows(plan: Plan, winners: list, results: dict, columns: list) -> list:
     for i, s in enumerate(plan.searches):
         w = winners[i][0]["candidate"]
         for f in plan.folds[i]:
-            by_seed = {seed: (results.get((w.name, f, seed)) or {}).get("test") for seed in plan.seeds}
+            by_seed = {seed: (results.get((w.name, f, seed)) or {}).get("test")
+                       for seed in plan.seeds}
             by_seed = {k: v for k, v in by_seed.items() if v}
             per_fold.append((f, by_seed))
             rows.append(_row("ours", f"{w.name} ({w.family})", str(f), plan.leaks.get((i, f), []),
@@ -868,9 +880,10 @@ def _verdict(s: Search, ranked: list) -> str:
                 f"{abs(w['mean'] - ranked[1]['mean']):.4f}")
     top = next(r for r in ranked if r["candidate"].search_rank == 1)
     gap = top["candidate"].search_value - top["mean"]
-    txt += (f". The search's own pick {top['candidate'].name} scored {top['candidate'].search_value:.4f}"
-            f" in the search and {top['mean']:.4f} re-run ({'optimism' if (gap > 0) == (s.mode == 'max') else 'pessimism'}"
-            f" {abs(gap):.4f}).")
+    better_in_search = (gap > 0) == (s.mode == "max")
+    txt += (f". The search's own pick {top['candidate'].name} scored "
+            f"{top['candidate'].search_value:.4f} in the search and {top['mean']:.4f} re-run "
+            f"({'optimism' if better_in_search else 'pessimism'} {abs(gap):.4f}).")
     if c.search_rank != 1:
         txt += " The re-runs overturned the search's ranking."
     return txt

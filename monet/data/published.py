@@ -76,9 +76,10 @@ def all_tables(dataset: str, path=PUBLISHED_FILE) -> list:
                 if len(vals) != len(cols):
                     raise ValueError(f"{path}: {paper}/{dataset} row {name!r} has {len(vals)} "
                                      f"numbers for {len(cols)} columns")
-            out.append(PublishedTable(paper=str(entry.get("short") or paper), table=t.get("table"), metric=t.get("metric", ""),
-                                      unit=t.get("unit", "percent"), columns=cols, rows=rows,
-                                      match=dict(t.get("match") or {}), note=t.get("note", "")))
+            out.append(PublishedTable(
+                paper=str(entry.get("short") or paper), table=t.get("table"),
+                metric=t.get("metric", ""), unit=t.get("unit", "percent"), columns=cols,
+                rows=rows, match=dict(t.get("match") or {}), note=t.get("note", "")))
     return out
 
 
