@@ -35,7 +35,7 @@ def _search(root, name, *args):
 @pytest.fixture(scope="module")
 def toy_exp(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    return _search(root, "toy", *TINY, "--family", "vmnc", "--num-samples", "3",
+    return _search(root, "toy", *TINY, "--family", "vmnc", "--num-samples", "2",
                    "--max-epochs", "2", "--eval-every", "1", "--verbose", "0")
 
 
@@ -125,7 +125,7 @@ def test_toy_table_is_the_checkpoints_and_a_stopped_retrain_resumes(toy_exp, tmp
     assert len(sel) == 2 and sel["winner"].sum() == 1
     # seed 0 is the search's own seed: the re-run reproduces the search's value exactly
     full = sel[sel["full_budget"]]
-    assert (full["seed0"] == full["search_value"]).all()
+    assert len(full) >= 1 and (full["seed0"] == full["search_value"]).all()
     win = sel[sel["winner"]].iloc[0]
     assert win["mean"] == max(sel["mean"])
     ours, per_fold = _assert_rows_equal_checkpoints(out, win["config"], [1], [0, 1], "acc")
