@@ -302,7 +302,7 @@ def _clear_partial(run_dir: Path) -> None:
         shutil.rmtree(run_dir / "events")
 
 
-def _last_val(run_dir: Path, res: dict, cfg, data) -> dict:
+def _last_val(run_dir: Path, res: dict, cfg, data, last_round: int) -> dict:
     """The validation metrics of the run's last round: from ``metrics.jsonl``, or evaluated
     again when the run was killed between its last checkpoint and its log line."""
     from monet.train import build_loss_weights, evaluate, plan_steps
@@ -323,7 +323,8 @@ def _last_val(run_dir: Path, res: dict, cfg, data) -> dict:
     w = build_loss_weights(cfg, data)
     val = evaluate(model, data.val, data.spec, cfg, w, data.prepare,
                    next(model.parameters()).device, cfg.seed)
-    return {**{f"val/{k}": float(v) for k, v in val.items()}, "epoch": float(cfg.epochs)}
+    return {**{f"val/{k}": float(v) for k, v in val.items()}, "epoch": float(cfg.epochs),
+            "round": int(last_round)}
 
 
 def train_run(job: Job, data, threads: int = 1) -> dict:
@@ -359,8 +360,8 @@ def train_run(job: Job, data, threads: int = 1) -> dict:
             _clear_partial(run_dir)
     t0 = time.time()
     res = fit(cfg, data, run_dir=str(run_dir), resume_from=resume)
-    val = _last_val(run_dir, res, cfg, data)
     last_round = int(res["metrics"]["round"]) if res["metrics"] else from_round
+    val = _last_val(run_dir, res, cfg, data, last_round)
     attempt = {"phase": job.phase, "resumed_from_round": from_round,
                "rounds_trained": last_round - from_round, "seconds": time.time() - t0,
                "finished": time.time()}

@@ -157,6 +157,20 @@ def test_toy_table_is_the_checkpoints_and_a_stopped_retrain_resumes(toy_exp, tmp
     assert (out / "table.csv").read_text() == table
     assert {d: s for d, s in _stamps(out).items() if d != str(run)} == others
 
+    # killed between the last checkpoint and its metrics line: the validation round is evaluated
+    # again from the checkpoint, to the same numbers
+    run0 = out / "runs" / win["config"] / "fold1" / "seed0"
+    done = json.loads((run0 / "result.json").read_text())
+    lines = (run0 / "metrics.jsonl").read_text().splitlines()
+    (run0 / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    (run0 / "result.json").unlink()
+    cfg0 = TrainConfig.from_yaml(run0 / "config.yaml")
+    job = retrain.Job(win["config"], 1, 0, "final", str(run0), cfg0.to_dict(), str(toy_exp),
+                      win["config"][len("trial_"):])
+    redo = retrain.train_run(job, load_dataset(cfg0))
+    assert redo["val"] == done["val"] and redo["test"] == done["test"]
+    assert redo["attempts"][-1]["rounds_trained"] == 0
+
 
 def test_bp4d_every_fold_the_leak_column_and_the_published_rows(bp4d):
     data, exps = bp4d
