@@ -785,11 +785,15 @@ def published_rows(plan: Plan, columns: list) -> tuple:
     cfg = TrainConfig.from_dict(plan.searches[0].candidates[0].config)
     labels = [c for c, _ in columns]
     rows, notes = [], []
-    for t in all_tables(plan.dataset):
+    tables = all_tables(plan.dataset)
+    shown = {t.source for t in tables if t.matches(cfg)}
+    for t in tables:
         if not t.matches(cfg):
-            need = ", ".join(f"{k} = {v}" for k, v in t.match.items())
-            have = ", ".join(f"{k} = {getattr(cfg, k, None)}" for k in t.match)
-            notes.append(f"{t.source} is for {need} (this search: {have}); its rows are not shown")
+            if t.source not in shown:      # e.g. toy Table 2 is T = 5; not the other subsets
+                need = ", ".join(f"{k} = {v}" for k, v in t.match.items())
+                have = ", ".join(f"{k} = {getattr(cfg, k, None)}" for k in t.match)
+                notes.append(f"{t.source} is for {need} (this search: {have}); its rows are "
+                             f"not shown")
             continue
         for name, vals in t.rows.items():
             row = {"kind": "published", "config": f"{t.source}: {name}", "fold": "", "leak": "",
@@ -863,12 +867,21 @@ def render_md(plan: Plan, ranked: list, rows: list, columns: list, notes: list) 
     lines.append("")
     lines.append(f"Ours: mean ± sample std over seeds ({seeds}); a fold row averages the seeds, "
                  f"the mean-over-folds row averages each seed over the folds first. Columns: "
-                 f"{kind} per task on the test split{'' if scale != 100 else ', in percent'}.")
+                 f"{_column_text(columns)} on the test split"
+                 f"{'' if scale != 100 else ' (percent)'}.")
     lines.append("")
     lines += _leak_text(plan)
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _column_text(columns: list) -> str:
+    kinds = {"acc": "accuracy", "f1": "F1", "ccc": "CCC"}
+    used = [kinds[k] for k in kinds if any(m.startswith(k + "/") for _, m in columns)]
+    avg = {"mean_acc": "their mean", "mean_f1": "their mean",
+           "p_mtl": "P_MTL (mean AU F1 + expression F1 + mean CCC)"}[columns[-1][1]]
+    return f"{' / '.join(used)} per task, Avg. {avg},"
 
 
 def _verdict(s: Search, ranked: list) -> str:
@@ -891,10 +904,13 @@ def _verdict(s: Search, ranked: list) -> str:
 
 
 def _leak_text(plan: Plan) -> list:
+    split = FIXED_SPLIT.get(plan.dataset, "the fixed split")
     if not plan.subjects:
-        return [f"leak: {plan.dataset} has no subject ids here; the test split "
-                f"({FIXED_SPLIT.get(plan.dataset, 'fixed')}) is disjoint from the search's "
-                f"validation split, so no fold leaks."]
+        return [f"leak: no. {plan.dataset} has no subject ids; its test split ({split}) is "
+                f"disjoint from the search's validation split."]
+    if plan.dataset not in PROTOCOL_FOLDS and not plan.leaks.get((0, 1)):
+        return [f"leak: no. The test split ({split}) shares no subject with the search's "
+                f"validation split."]
     out = []
     for i, s in enumerate(plan.searches):
         bad = {f: plan.leaks[(i, f)] for f in plan.folds[i] if plan.leaks.get((i, f))}
