@@ -895,9 +895,13 @@ def _verdict(s: Search, ranked: list) -> str:
     top = next(r for r in ranked if r["candidate"].search_rank == 1)
     gap = top["candidate"].search_value - top["mean"]
     better_in_search = (gap > 0) == (s.mode == "max")
+    if abs(gap) < 1e-12:
+        how = "the same"
+    else:
+        how = f"{'optimism' if better_in_search else 'pessimism'} {abs(gap):.4f}"
     txt += (f". The search's own pick {top['candidate'].name} scored "
             f"{top['candidate'].search_value:.4f} in the search and {top['mean']:.4f} re-run "
-            f"({'optimism' if better_in_search else 'pessimism'} {abs(gap):.4f}).")
+            f"({how}).")
     if c.search_rank != 1:
         txt += " The re-runs overturned the search's ranking."
     return txt
