@@ -624,6 +624,7 @@ def summarize(s: SearchSettings, grid, exp, storage) -> int:
     if s.optuna_storage:
         print(f"  optuna-dashboard {s.optuna_storage}")
     print(f"  retrain: python -m monet.train --config {exp}/best_config.yaml --out runs/best")
+    print(f"  paper table (seeds, every fold): python search/retrain.py {exp}")
     return 0
 
 
