@@ -10,9 +10,10 @@ checkpoint, is stopped again at its next result: the decision stands.
 Example:
     >>> import tempfile, os
     >>> f = os.path.join(tempfile.mkdtemp(), "asha_state.json")
-    >>> s = PersistentASHA(f, time_attr="epoch", metric="m", mode="max", max_t=9, grace_period=1)
-    >>> s.state()["brackets"][0][0]["milestone"]
-    9.0
+    >>> s = PersistentASHA(f, time_attr="epoch", metric="m", mode="max", max_t=9, grace_period=1,
+    ...                    reduction_factor=3)
+    >>> sorted(r["milestone"] for r in s.state()["brackets"][0])
+    [1.0, 3.0]
 """
 from __future__ import annotations
 
