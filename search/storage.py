@@ -106,15 +106,17 @@ def filesystem(location: str):
                              f"({_one_line(e)})") from None
         with _fs_lock:
             _fs_cache[key] = fs
-    return fs, (u.netloc + u.path).rstrip("/")
+    return fs, (u.netloc.rpartition("@")[2] + u.path).rstrip("/")
 
 
 def _shown(location: str) -> str:
-    """``location`` without its query (which may hold keys): for messages."""
+    """``location`` without a user part (``s3://KEY:SECRET@bucket``): for messages and tables.
+    The query (``?endpoint_override=...``: pyarrow takes no secrets there) is kept, so that a
+    location shown can be pasted into the next command."""
     if not is_uri(location):
         return str(location)
     u = urlsplit(str(location))
-    return urlunsplit((u.scheme, u.netloc, u.path, "", ""))
+    return urlunsplit((u.scheme, u.netloc.rpartition("@")[2], u.path, u.query, u.fragment))
 
 
 def _one_line(e: BaseException) -> str:
@@ -149,7 +151,7 @@ class ExperimentStore:
         return f"ExperimentStore({self})"
 
     def __str__(self) -> str:
-        """The location without its query (for messages)."""
+        """The location without credentials (for messages)."""
         return _shown(self.location)
 
     def __eq__(self, other) -> bool:
@@ -174,7 +176,7 @@ class ExperimentStore:
         return join_location(self.location, *parts)
 
     def shown(self, *parts: str) -> str:
-        """Like :meth:`uri`, without the query (for messages and tables)."""
+        """Like :meth:`uri`, without credentials (for messages and tables)."""
         return _shown(self.uri(*parts))
 
     def check(self) -> None:
@@ -185,6 +187,28 @@ class ExperimentStore:
         """
         if not self.is_local:
             filesystem(self.location)
+
+    def check_bucket(self) -> None:
+        """Make sure the bucket of a URI exists (a request; nothing for a local folder).
+
+        Raises:
+            ValueError: pyarrow does not accept the URI.
+            OSError: no such bucket, or the storage cannot be reached (one line).
+        """
+        if self.is_local:
+            return
+        import pyarrow.fs as pafs
+
+        fs, path = self._fs_path()
+        if urlsplit(self.location).scheme not in BUCKET_SCHEMES:
+            return
+        bucket = path.split("/", 1)[0]
+        try:
+            info = fs.get_file_info(bucket)
+        except OSError as e:
+            raise OSError(f"cannot reach {self}: {_one_line(e)}") from None
+        if info.type == pafs.FileType.NotFound:
+            raise OSError(f"{self}: no bucket {bucket!r} (create it first)")
 
     def _fs_path(self, rel: str = ""):
         return filesystem(self.uri(rel))

@@ -9,10 +9,15 @@ The command users run::
         --space my_space.yaml --num-samples 200 --max-epochs 10 --eval-every 0.25 \\
         --gpus-per-trial 0.25 --address auto --optuna-storage sqlite:///bp4d.db
     python search/tune_monet.py --storage-path results --name smoke --resume
+    python search/tune_monet.py --storage-path s3://bucket/results --name smoke   # object storage
 
 Everything lands in ``<storage-path>/<name>/``: ``config.yaml`` (resolved flags and space),
 ``trials.parquet``/``trials.csv``, ``best_config.yaml``, one folder per trial (TensorBoard events,
-metrics.jsonl, checkpoints) and Ray's experiment state (for ``--resume``).
+metrics.jsonl, checkpoints) and Ray's experiment state (for ``--resume``). ``--storage-path`` may
+be a URI that ``pyarrow.fs.FileSystem.from_uri`` accepts (``s3://``, ``gs://``, with query
+options such as ``?endpoint_override=...``): the same files then go to object storage, the trials'
+checkpoints through Ray, and the Optuna study is kept in Ray's saved searcher state unless
+``--optuna-storage`` is given.
 
 Bad input (unknown dataset/family, missing data root, bad space file, unreachable ``--address``,
 GPUs asked on a cluster without any) ends with one ``error:`` line and exit code 2 before any
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import math
 import os
 import socket
@@ -107,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster (host:port, auto, ray://...); default: $RAY_ADDRESS, "
                         "else a local instance")
     g.add_argument("--storage-path", default="results",
-                   help="experiment storage: a local folder or any URI Ray supports")
+                   help="experiment storage: a local folder or a pyarrow URI (s3://bucket/prefix, "
+                        "gs://bucket/prefix, ?endpoint_override=... allowed)")
     g.add_argument("--name", default=None, help="experiment name (default: dataset-family-time)")
     g.add_argument("--resume", action="store_true",
                    help="continue the experiment --storage-path/--name; with a larger "
@@ -180,6 +187,8 @@ def resolve(a) -> SearchSettings:
     storage = str(a.storage_path)
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
+    else:
+        _check_storage_uri(storage)
     name = a.name or f"{a.dataset}-{a.family}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if not name or "/" in name or name.startswith("."):
         raise BadInput(f"--name: {name!r} is not a plain folder name")
@@ -216,6 +225,16 @@ def base_config(a, s: SearchSettings) -> dict:
     return d
 
 
+def _check_storage_uri(uri: str) -> None:
+    """A ``--storage-path`` URI pyarrow cannot open is refused in one line."""
+    from search.storage import ExperimentStore
+
+    try:
+        ExperimentStore(uri).check()
+    except ValueError as e:
+        raise BadInput(f"--storage-path: {e}") from None
+
+
 def experiment_dir(s: SearchSettings):
     """The local experiment folder, or None when results go to object storage."""
     if s.is_remote:
@@ -224,8 +243,17 @@ def experiment_dir(s: SearchSettings):
 
 
 def experiment_path(s: SearchSettings) -> str:
-    """The experiment's location as Ray takes it (a local folder or a URI)."""
-    return f"{s.storage_path.rstrip('/')}/{s.name}"
+    """The experiment's location as Ray takes it (a local folder or a URI, query kept last)."""
+    from search.storage import join_location
+
+    return join_location(s.storage_path, s.name)
+
+
+def experiment_store(s: SearchSettings):
+    """The experiment's :class:`~search.storage.ExperimentStore` (local folder or URI)."""
+    from search.storage import ExperimentStore
+
+    return ExperimentStore(experiment_path(s))
 
 
 def check_address(address: str) -> None:
@@ -293,9 +321,13 @@ def _run(a, argv) -> int:
         s = resolve(a)
         base = base_config(a, s)
         space_overrides = load_space_file(s.space) if s.space else {}
-        exp = experiment_dir(s)
-        if exp is not None and (exp / "tuner.pkl").exists():
-            raise BadInput(f"--name: the experiment {exp} exists already; add --resume to "
+        store = experiment_store(s)
+        try:
+            store.check_bucket()
+        except OSError as e:
+            raise BadInput(f"--storage-path: {e}") from None
+        if _exists(store, "tuner.pkl"):
+            raise BadInput(f"--name: the experiment {store} exists already; add --resume to "
                            f"continue it or pick another --name")
         if s.optuna_storage is not None:
             import optuna
@@ -306,6 +338,7 @@ def _run(a, argv) -> int:
             from search.warmstart import open_source
             open_source(s.warm_start)      # a missing path or study: one line, before Ray
     exp = experiment_dir(s)
+    store = experiment_store(s)
     fault = parse_fault(s.inject_fault)
 
     # data once, in the driver (a missing data root fails here, before Ray starts)
@@ -324,30 +357,41 @@ def _run(a, argv) -> int:
         runtime = TrialRuntime(threads=max(1, int(s.cpus_per_trial)), fault=fault,
                                exp_dir=str(exp) if exp is not None else None)
         if exp is not None:
-            from monet.io import atomic_write_yaml
             exp.mkdir(parents=True, exist_ok=True)
-            saved = {"search": s.to_dict(), "base": base, "space": space.describe(),
-                     "space_overrides": space_overrides, "argv": sys.argv[1:]}
-            if a.resume:   # the budget may have grown; everything else is as saved
-                saved["argv"] = _saved_argv(exp)
-            atomic_write_yaml(exp / "config.yaml", saved)
+        saved = {"search": s.to_dict(), "base": base, "space": space.describe(),
+                 "space_overrides": space_overrides, "argv": sys.argv[1:]}
+        if a.resume:   # the budget may have grown; everything else is as saved
+            saved["argv"] = _saved_argv(store)
+        try:
+            store.write_yaml("config.yaml", saved)
+        except OSError as e:   # no bucket, no access, endpoint away: before any trial starts
+            raise BadInput(f"--storage-path: {str(e).splitlines()[0]}") from None
         storage = make_storage(s.study_url)
         tuner = build_tuner(s, base, data, space, storage, runtime, resume=a.resume,
                             verbose=a.verbose)
         grid = tuner.fit()
-        return summarize(s, grid, exp, storage)
+        return summarize(s, grid, store, storage)
     finally:
         if started:
             ray.shutdown()
 
 
-def _saved_argv(exp: Path) -> list:
+def _saved_argv(store) -> list:
     import yaml
 
     try:
-        return yaml.safe_load((exp / "config.yaml").read_text()).get("argv") or []
-    except (OSError, AttributeError, yaml.YAMLError):
+        return store.read_yaml("config.yaml").get("argv") or []
+    except (OSError, AttributeError, UnicodeDecodeError, yaml.YAMLError):
         return []
+
+
+def _exists(store, rel: str) -> bool:
+    """Whether ``rel`` exists in the experiment; storage that cannot be reached is bad input."""
+    try:
+        return store.exists(rel)
+    except OSError as e:
+        raise BadInput(f"--storage-path: cannot read {store.shown(rel)}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def given_flags(argv) -> dict:
@@ -367,19 +411,29 @@ def load_experiment(a, argv) -> tuple:
 
     from search.settings import BUDGET_FLAGS
 
+    from search.storage import ExperimentStore, join_location
+
     if not a.name:
         raise BadInput("--resume: give the experiment with --storage-path and --name")
-    exp = Path(a.storage_path).expanduser().resolve() / a.name
-    if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
-        raise BadInput(f"--resume: no experiment to resume at {exp}")
+    root = str(a.storage_path)
+    if "://" in root:
+        _check_storage_uri(root)
+    else:
+        root = str(Path(root).expanduser().resolve())
+    store = ExperimentStore(join_location(root, a.name))
+    if not _exists(store, "config.yaml") or not _exists(store, "tuner.pkl"):
+        raise BadInput(f"--resume: no experiment to resume at {store}")
     try:
-        saved = yaml.safe_load((exp / "config.yaml").read_text())
-        s = SearchSettings.from_dict(saved["search"], source=str(exp / "config.yaml"))
+        saved = store.read_yaml("config.yaml")
+        s = SearchSettings.from_dict(saved["search"], source=store.shown("config.yaml"))
         base = saved["base"]
     except (yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise BadInput(f"--resume: {exp / 'config.yaml'} is damaged ({type(e).__name__}); "
+        raise BadInput(f"--resume: {store.shown('config.yaml')} is damaged ({type(e).__name__}); "
                        "the experiment cannot be resumed") from None
-    s = s.replace(storage_path=str(exp.parent), name=a.name)
+    except OSError as e:
+        raise BadInput(f"--resume: cannot read {store.shown('config.yaml')}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    s = s.replace(storage_path=root, name=a.name)
     given = given_flags(argv)
     fresh = None
     data_fields = {f.field: f for f in DATA_FLAGS}
@@ -406,7 +460,7 @@ def load_experiment(a, argv) -> tuple:
         if k == "num_samples" and v < 1 or k == "max_concurrent" and v < 1 \
                 or k == "max_failures" and v < 0 or k == "time_budget" and not v > 0:
             raise BadInput(f"--{k.replace('_', '-')}: got {v!r}; expected a positive budget")
-    asked = _trials_asked(s, exp)
+    asked = _trials_asked(s, store)
     if budget.get("num_samples", s.num_samples) < asked:
         raise BadInput(f"--num-samples: {budget['num_samples']} is fewer than the {asked} trials "
                        f"the experiment has asked for already (saved --num-samples "
@@ -424,7 +478,7 @@ def _differs(new, old) -> bool:
     return new != old
 
 
-def _trials_asked(s: SearchSettings, exp: Path) -> int:
+def _trials_asked(s: SearchSettings, store) -> int:
     """Trials the experiment has asked for so far (its Optuna study, else trials.parquet)."""
     url = s.study_url
     if url:
@@ -438,7 +492,7 @@ def _trials_asked(s: SearchSettings, exp: Path) -> int:
             return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
     try:
         import pandas as pd
-        return len(pd.read_parquet(exp / "trials.parquet"))
+        return len(pd.read_parquet(io.BytesIO(store.read_bytes("trials.parquet"))))
     except Exception:  # noqa: BLE001 - no table yet: nothing finished
         return 0
 
@@ -527,15 +581,14 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, base=base, runtime=runtime),
         {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-    exp = experiment_dir(s)
+    exp, store = experiment_dir(s), experiment_store(s)
     if s.scheduler == "asha":
         scheduler = PersistentASHA(
-            str(exp / STATE_FILE) if exp is not None else None, time_attr="epoch",
+            store.uri(STATE_FILE), time_attr="epoch",
             max_t=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    callbacks = [ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset))
-                 ] if exp is not None else []
+    callbacks = [ResultsCallback(ExperimentFiles(store, s.metric, s.mode, base, s.dataset))]
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:
         tuner = tune.Tuner.restore(experiment_path(s), trainable=trainable,
@@ -588,8 +641,18 @@ def _apply_budget(tuner, s: SearchSettings, storage, scheduler, callbacks, failu
     rc.callbacks, rc.failure_config, rc.verbose = callbacks, failure, verbose
 
 
-def summarize(s: SearchSettings, grid, exp, storage) -> int:
-    """Print the final summary: trial counts, best config and metric, where the files are."""
+def summarize(s: SearchSettings, grid, store, storage) -> int:
+    """Print the final summary: trial counts, best config and metric, where the files are.
+
+    Args:
+        s: the search's settings.
+        grid: Ray's ``ResultGrid``.
+        store: the experiment's :class:`~search.storage.ExperimentStore`.
+        storage: the Optuna storage (unused here; kept for callers).
+
+    Returns:
+        0, or ``EXIT_NO_RESULT`` when no trial finished with a finite metric.
+    """
     import yaml
 
     states = {}
@@ -601,33 +664,43 @@ def summarize(s: SearchSettings, grid, exp, storage) -> int:
         states[st] = states.get(st, 0) + 1
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
     print(f"\n{len(grid)} trials: {counts}")
-    best_file = exp / "best_config.yaml" if exp is not None else None
-    if best_file is None or not best_file.exists():
+    try:
+        best = store.read_yaml("best_config.yaml")
+    except FileNotFoundError:
+        best = None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        print(f"cannot read {store.shown('best_config.yaml')}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return EXIT_NO_RESULT
+    if not isinstance(best, dict):
         print("no trial finished with a finite metric; see the trial errors above")
         return EXIT_NO_RESULT
-    with open(best_file) as f:
-        best = yaml.safe_load(f)
     print(f"best trial {best['trial_id']} ({best['family']}): {best['metric']} = "
           f"{best['value']:.4f} after {best['epochs']:g} epochs")
     cfg = best["config"]
-    shown = [k for k in sorted(cfg) if k in _searched_names(exp)]
-    for k in shown:
+    names = _searched_names(store)
+    for k in (k for k in sorted(cfg) if k in names):
         print(f"  {k}: {cfg[k]}")
-    print(f"files: {exp}/best_config.yaml, trials.parquet, trials.csv")
-    print(f"  tensorboard --logdir {exp}")
+    exp = store.shown()
+    print(f"files: {store.shown('best_config.yaml')}, trials.parquet, trials.csv")
     if s.optuna_storage:
         print(f"  optuna-dashboard {s.optuna_storage}")
-    print(f"  retrain: python -m monet.train --config {exp}/best_config.yaml --out runs/best")
+    if store.is_local:
+        print(f"  tensorboard --logdir {exp}")
+        print(f"  retrain: python -m monet.train --config {exp}/best_config.yaml --out runs/best")
+    else:
+        print(f"  analysis: python search/analyze.py {exp} --out {s.name}-analysis")
+        print(f"  retrain: copy {store.shown('best_train_config.yaml')} here, then "
+              f"python -m monet.train --config best_train_config.yaml --out runs/best")
     return 0
 
 
-def _searched_names(exp) -> set:
+def _searched_names(store) -> set:
     import yaml
 
     try:
-        with open(exp / "config.yaml") as f:
-            space = yaml.safe_load(f)["space"]
-    except (OSError, KeyError, TypeError):
+        space = store.read_yaml("config.yaml")["space"]
+    except (OSError, KeyError, TypeError, UnicodeDecodeError, yaml.YAMLError):
         return set()
     names = {"family"}
     for ps in space.values():
