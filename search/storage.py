@@ -93,7 +93,7 @@ def filesystem(location: str):
         try:
             return pafs.FileSystem.from_uri(str(location))
         except Exception as e:  # ArrowInvalid, OSError
-            raise ValueError(f"{_shown(location)}: not a storage URI pyarrow can open "
+            raise ValueError(f"{_shown(location)}: pyarrow cannot open this storage URI "
                              f"({_one_line(e)})") from None
     key = (u.scheme, u.netloc, u.query)
     with _fs_lock:
@@ -102,7 +102,7 @@ def filesystem(location: str):
         try:
             fs, _ = pafs.FileSystem.from_uri(urlunsplit((u.scheme, u.netloc, "", u.query, "")))
         except Exception as e:  # ArrowInvalid, OSError (bad option, no region, no bucket name)
-            raise ValueError(f"{_shown(location)}: not a storage URI pyarrow can open "
+            raise ValueError(f"{_shown(location)}: pyarrow cannot open this storage URI "
                              f"({_one_line(e)})") from None
         with _fs_lock:
             _fs_cache[key] = fs
