@@ -355,7 +355,8 @@ def _run(a, argv) -> int:
         s = fit_to_cluster(s, [n["Resources"] for n in ray.nodes() if n.get("Alive")],
                            autoscaling=bool(address))
         runtime = TrialRuntime(threads=max(1, int(s.cpus_per_trial)), fault=fault,
-                               exp_dir=str(exp) if exp is not None else None)
+                               exp_dir=str(exp) if exp is not None else None,
+                               exp_uri=None if exp is not None else store.location)
         if exp is not None:
             exp.mkdir(parents=True, exist_ok=True)
         saved = {"search": s.to_dict(), "base": base, "space": space.describe(),
@@ -581,7 +582,7 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, base=base, runtime=runtime),
         {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-    exp, store = experiment_dir(s), experiment_store(s)
+    store = experiment_store(s)
     if s.scheduler == "asha":
         scheduler = PersistentASHA(
             store.uri(STATE_FILE), time_attr="epoch",
@@ -620,8 +621,8 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
             name=s.name, storage_path=s.storage_path, callbacks=callbacks,
             progress_reporter=reporter, verbose=verbose, failure_config=failure,
             stop={"time_total_s": s.trial_timeout} if s.trial_timeout else None,
-            # local folders: Ray's checkpoints are small pointers, keep them all
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp is not None else 2)))
+            # Ray's checkpoints are small pointers to the trial's own (trainable.py): keep all
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
 
 
 def _apply_budget(tuner, s: SearchSettings, storage, scheduler, callbacks, failure, verbose):
