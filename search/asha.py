@@ -4,8 +4,9 @@ Ray does not save a scheduler's state with the experiment (DESIGN.md pitfalls): 
 would start ASHA with empty rungs and prune less. :class:`PersistentASHA` writes its rungs, the
 bracket of every trial and its stop decisions to one small JSON file in the experiment folder
 (a local file through a temporary file and a rename, or one object in object storage: see
-:mod:`search.storage`) whenever they change, and reads it back when the search is resumed. A trial that ASHA stopped before a crash, and that Ray restarts from an older
-checkpoint, is stopped again at its next result: the decision stands.
+:mod:`search.storage`) whenever they change, and reads it back when the search is resumed. A
+trial that ASHA stopped before a crash, and that Ray restarts from an older checkpoint, is
+stopped again at its next result: the decision stands.
 
 Example:
     >>> import tempfile, os
