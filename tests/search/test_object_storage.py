@@ -301,3 +301,23 @@ def test_object_storage_errors_are_one_line(s3, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     # nothing was written to the bucket by the refused commands
     assert s3.read("", "none/")["none/"] is None
+
+
+def test_locations_keep_their_query_and_hide_credentials(s3):
+    """URI arithmetic (experiment name before the query), credentials never shown, and gs://
+    opened by pyarrow's GCS filesystem (no GCS server here: nothing is requested)."""
+    from search.storage import ExperimentStore, filesystem, join_location, parent_location
+
+    uri = "s3://KEY:SECRET@bucket/results?endpoint_override=http://127.0.0.1:9&region=x"
+    exp = ExperimentStore(join_location(uri, "exp"))
+    assert exp.location == ("s3://KEY:SECRET@bucket/results/exp"
+                            "?endpoint_override=http://127.0.0.1:9&region=x")
+    assert exp.uri("trial_1", "result.json").startswith("s3://KEY:SECRET@bucket/results/exp/"
+                                                         "trial_1/result.json?endpoint_override")
+    assert "SECRET" not in str(exp) and "SECRET" not in exp.shown("a.yaml")
+    assert parent_location(exp.location) == uri and exp.name == "exp"
+    fs, path = filesystem("gs://bucket/results/exp/config.yaml")
+    assert (fs.type_name, path) == ("gcs", "bucket/results/exp/config.yaml")
+    gs = ExperimentStore("gs://bucket/results/exp")
+    gs.check()
+    assert not gs.is_local and gs.local_path is None
