@@ -4,16 +4,21 @@ The command users run, on a finished search or while it runs::
 
     python search/analyze.py results/toy-monet-20260101-120000            # -> <exp>/analysis/
     python search/analyze.py results/smoke --top 5 --out report/ --importance ped-anova
+    python search/analyze.py s3://bucket/results/smoke --out smoke-analysis   # object storage
 
 It reads only the experiment folder that ``search/tune_monet.py`` wrote: ``config.yaml``,
-``trials.parquet``, the per-trial folders (``params.json``, ``metrics.jsonl``,
-``checkpoint/checkpoint.pt``) and the Optuna study. The study is looked up in the storage that
+``trials.parquet``, the per-trial folders (``params.json``, ``metrics.jsonl`` or Ray's
+``result.json``, ``checkpoint/checkpoint.pt`` or Ray's latest ``checkpoint_*/``) and the Optuna
+study. The folder may be a URI (``s3://...``, ``gs://...``, ``?endpoint_override=...``), read
+through pyarrow (:mod:`search.storage`). The study is looked up in the storage that
 ``config.yaml`` records (``--optuna-storage``), else in ``<exp>/study.db`` (sqlite) or
-``<exp>/study.journal`` (Optuna journal file), under the experiment's name. Without a study the
-table and the order analytics are still made; importances and Optuna's plots are skipped with one
-line saying why.
+``<exp>/study.journal`` (Optuna journal file), under the experiment's name; a search on object
+storage without ``--optuna-storage`` kept its study inside Ray's searcher state, which is not
+read here (a pickle). Without a study the table and the order analytics are still made;
+importances and Optuna's plots are skipped with one line saying why.
 
-What it writes into ``--out`` (default ``<exp>/analysis/``), every file atomically (temporary
+What it writes into ``--out`` (a local folder; default ``<exp>/analysis/``, or
+``./<name>-analysis/`` for an experiment on object storage), every file atomically (temporary
 file + rename), and only after everything was computed:
 
 * ``report.html``  one self-contained page (plotly.js inlined: it opens offline);
@@ -55,6 +60,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import pandas as pd
 
+from search.storage import ExperimentStore
+
 EXIT_BAD_INPUT = 2
 IMPORTANCE_EVALUATORS = ("fanova", "ped-anova")
 STATE_RANK = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
@@ -66,22 +73,29 @@ class BadExperiment(Exception):
 
 
 # =============================================================================== the folder
-def read_config(exp: Path) -> dict:
-    """``<exp>/config.yaml`` as written by ``tune_monet.py`` (checked for the keys used here)."""
+def read_config(exp) -> dict:
+    """``<exp>/config.yaml`` as written by ``tune_monet.py`` (checked for the keys used here).
+
+    Args:
+        exp: the experiment: a local folder, a URI or an :class:`ExperimentStore`.
+    """
     import yaml
 
-    if not exp.exists():
+    exp = ExperimentStore.of(exp)
+    if exp.is_local and not exp.exists():
         raise BadExperiment(f"{exp}: no such experiment folder")
-    if not exp.is_dir():
+    if exp.is_local and not exp.is_dir():
         raise BadExperiment(f"{exp}: not a folder; expected the experiment folder "
                             f"<storage>/<name>/ that search/tune_monet.py writes")
-    path = exp / "config.yaml"
-    if not path.is_file():
+    path = exp.shown("config.yaml")
+    if not exp.is_file("config.yaml"):
+        if not exp.is_local and not exp.is_dir():
+            raise BadExperiment(f"{exp}: no such experiment folder (nothing stored there)")
         raise BadExperiment(f"{exp}: not an experiment folder (no config.yaml); expected the "
                             f"folder <storage>/<name>/ that search/tune_monet.py writes")
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        cfg = exp.read_yaml("config.yaml")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise BadExperiment(f"{path}: cannot read it ({type(e).__name__})") from None
     s = cfg.get("search") if isinstance(cfg, dict) else None
     missing = [k for k in ("metric", "mode", "families", "name") if not isinstance(s, dict)
@@ -122,13 +136,15 @@ def _rung(epochs, rungs: list):
     return (passed[-1], rungs[passed[-1]]) if passed else (None, math.nan)
 
 
-def _read_trials(exp: Path) -> pd.DataFrame:
-    path = exp / "trials.parquet"
-    if not path.is_file():
-        raise BadExperiment(f"{exp}: no finished trial yet (no trials.parquet; the search writes "
-                            f"it when its first trial ends)")
+def _read_trials(exp: ExperimentStore) -> pd.DataFrame:
+    path = exp.shown("trials.parquet")
     try:
-        df = pd.read_parquet(path)
+        data = exp.read_bytes("trials.parquet")
+    except (FileNotFoundError, IsADirectoryError):
+        raise BadExperiment(f"{exp}: no finished trial yet (no trials.parquet; the search writes "
+                            f"it when its first trial ends)") from None
+    try:
+        df = pd.read_parquet(io.BytesIO(data))
     except Exception as e:  # truncated/corrupt: never written atomically by someone else
         raise BadExperiment(f"{path}: cannot read it ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -148,30 +164,45 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _running_rows(exp: Path, known: set, metric: str, mode: str, family: str) -> list:
-    """Rows for trial folders not yet in trials.parquet (the search is running them)."""
+def _read_or_none(exp: ExperimentStore, rel: str) -> Optional[str]:
+    try:
+        return exp.read_text(rel)
+    except (OSError, UnicodeDecodeError):   # missing, a folder, being written
+        return None
+
+
+def _running_rows(exp: ExperimentStore, known: set, metric: str, mode: str, family: str) -> list:
+    """Rows for trial folders not yet in trials.parquet (the search is running them).
+
+    The learning curve comes from the trial's ``metrics.jsonl`` (a local experiment folder) or,
+    where there is none (object storage), from Ray's ``result.json``."""
     rows = []
-    for d in sorted(exp.glob("trial_*")):
-        tid = d.name[len("trial_"):]
-        if not d.is_dir() or tid in known or not (d / "params.json").is_file():
+    for dname in exp.listdir():
+        tid = dname[len("trial_"):]
+        if not dname.startswith("trial_") or tid in known:
+            continue
+        text = _read_or_none(exp, f"{dname}/params.json")
+        if text is None:
             continue
         try:
-            params = json.loads((d / "params.json").read_text())
-        except (OSError, ValueError):
+            params = json.loads(text)
+        except ValueError:
             continue
         recs = []
-        if (d / "metrics.jsonl").is_file():
-            for line in (d / "metrics.jsonl").read_text().splitlines():
-                try:
-                    recs.append(json.loads(line))
-                except ValueError:   # a line being written
-                    pass
+        text = _read_or_none(exp, f"{dname}/metrics.jsonl")
+        if text is None:
+            text = _read_or_none(exp, f"{dname}/result.json")
+        for line in (text or "").splitlines():
+            try:
+                recs.append(json.loads(line))
+            except ValueError:   # a line being written
+                pass
         vals = [r[metric] for r in recs if isinstance(r.get(metric), (int, float))]
         last = recs[-1] if recs else {}
         row = {"trial_id": tid, "family": params.get("family", family), "state": "RUNNING",
                "stopped_early": False, "epochs": last.get("epoch"), "rounds": last.get("round"),
                f"best/{metric}": (max(vals) if mode == "max" else min(vals)) if vals else None,
-               f"last/{metric}": last.get(metric), "trial_dir": str(d)}
+               f"last/{metric}": last.get(metric), "trial_dir": exp.shown(dname)}
         if "order/dist_to_identity" in last:
             row["last/order/dist_to_identity"] = last["order/dist_to_identity"]
         row.update({f"config/{k}": v for k, v in _flatten(params).items()})
@@ -186,7 +217,7 @@ def _derived_state(row) -> str:
     return {"ERROR": "FAIL", "RUNNING": "RUNNING", "PENDING": "WAITING"}.get(st, str(st))
 
 
-def _table(exp: Path, cfg: dict, study) -> pd.DataFrame:
+def _table(exp: ExperimentStore, cfg: dict, study) -> pd.DataFrame:
     s = cfg["search"]
     metric, mode = s["metric"], s["mode"]
     df = _read_trials(exp)
@@ -239,15 +270,17 @@ def load(exp_dir) -> pd.DataFrame:
       ``config.yaml`` (grace_period, reduction_factor, max_epochs).
 
     Args:
-        exp_dir: the experiment folder ``<storage>/<name>/``.
+        exp_dir: the experiment folder ``<storage>/<name>/``: a local path, a URI
+            (``s3://bucket/prefix/name``) or an :class:`~search.storage.ExperimentStore`.
 
     Returns:
         A ``pandas.DataFrame``, in the order of ``trials.parquet``.
 
     Raises:
         BadExperiment: the folder is missing or incomplete (one line).
+        OSError: object storage cannot be read (no access, endpoint away).
     """
-    exp = Path(exp_dir).expanduser()
+    exp = ExperimentStore.of(exp_dir)
     cfg = read_config(exp)
     study, _ = open_study(exp, cfg)
     return _table(exp, cfg, study)
@@ -263,7 +296,7 @@ def _quiet_optuna():
     return optuna
 
 
-def _storage(url: str, exp: Path):
+def _storage(url: str, exp: ExperimentStore):
     """(storage, None) or (None, why) for a storage URL, never creating a file."""
     optuna = _quiet_optuna()
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
@@ -285,27 +318,35 @@ def _storage(url: str, exp: Path):
         return None, f"cannot open {url} ({type(e).__name__})"
 
 
-def _existing(path: str, exp: Path) -> Optional[Path]:
-    """The file ``path`` (as given, else relative to the experiment or its parent)."""
+def _existing(path: str, exp: ExperimentStore) -> Optional[Path]:
+    """The local file ``path`` (as given, else relative to a local experiment or its parent)."""
     p = Path(path).expanduser()
-    for c in ([p] if p.is_absolute() else [p, exp / p, exp.parent / p]):
+    near = [exp.local_path / p, exp.local_path.parent / p] if exp.is_local else []
+    for c in ([p] if p.is_absolute() else [p] + near):
         if c.is_file():
             return c.resolve()
     return None
 
 
-def open_study(exp: Path, cfg: dict):
+def open_study(exp, cfg: dict):
     """The experiment's Optuna study and where it came from: ``(study, text)``, or
     ``(None, why)`` when there is none.
 
     Looked up under the experiment's name in ``config.yaml``'s ``search.optuna_storage``, else in
-    ``<exp>/study.db``, else in ``<exp>/study.journal``.
+    ``<exp>/study.db``, else in ``<exp>/study.journal`` (local experiment folders only: a search
+    on object storage keeps its study in Ray's searcher state unless it had --optuna-storage).
     """
+    exp = ExperimentStore.of(exp)
     name = cfg["search"].get("name") or exp.name
     urls = []
     if cfg["search"].get("optuna_storage"):
         urls.append(str(cfg["search"]["optuna_storage"]))
-    urls += [f"sqlite:///{exp / 'study.db'}", f"journal:{exp / 'study.journal'}"]
+    if exp.is_local:
+        urls += [f"sqlite:///{exp.local_path / 'study.db'}",
+                 f"journal:{exp.local_path / 'study.journal'}"]
+    elif not urls:
+        return None, ("no Optuna study (a search on object storage without --optuna-storage "
+                      "keeps its study inside Ray's searcher state, which is not read here)")
     why = []
     for url in urls:
         storage, note = _storage(url, exp)
@@ -475,12 +516,28 @@ def soft_order(state: dict) -> tuple:
     return omega.numpy(), pi.numpy(), orders.numpy()
 
 
-def _checkpoint(exp: Path, row) -> Optional[Path]:
-    for d in (exp / f"trial_{row['trial_id']}", Path(str(row.get("trial_dir") or ""))):
-        p = d / "checkpoint" / "checkpoint.pt"
-        if str(d) and p.is_file():
-            return p
+def _checkpoint(exp: ExperimentStore, row):
+    """The trial's latest checkpoint file for ``torch.load``: a local path (its own
+    ``checkpoint/`` folder), or the bytes of Ray's latest ``checkpoint_*/checkpoint.pt`` in
+    object storage (an ``io.BytesIO``); None when there is none."""
+    tdir = f"trial_{row['trial_id']}"
+    if exp.is_local:
+        for d in (exp.local_path / tdir, Path(str(row.get("trial_dir") or ""))):
+            p = d / "checkpoint" / "checkpoint.pt"
+            if str(d) and p.is_file():
+                return p
+        return None
+    for ck in ["checkpoint"] + sorted((n for n in exp.listdir(tdir)
+                                       if n.startswith("checkpoint_")), reverse=True):
+        try:
+            return io.BytesIO(exp.read_bytes(f"{tdir}/{ck}/checkpoint.pt"))
+        except (FileNotFoundError, IsADirectoryError):
+            continue
     return None
+
+
+def _where(p) -> str:
+    return "the checkpoint in object storage" if isinstance(p, io.BytesIO) else str(p)
 
 
 def ranked(df: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -507,7 +564,7 @@ class OrderAnalysis:
     notes: list = field(default_factory=list)
 
 
-def order_analysis(exp: Path, df: pd.DataFrame, metric: str, mode: str, top: int) -> OrderAnalysis:
+def order_analysis(exp, df: pd.DataFrame, metric: str, mode: str, top: int) -> OrderAnalysis:
     """Omega of the best MONET trial, the consensus order of the top MONET trials and
     (distance to identity, validation score) for every MONET trial.
 
@@ -517,6 +574,7 @@ def order_analysis(exp: Path, df: pd.DataFrame, metric: str, mode: str, top: int
     """
     import torch
 
+    exp = ExperimentStore.of(exp)
     res = OrderAnalysis()
     mon = ranked(df[df["family"] == "monet"], metric, mode)
     mon = mon[mon["optuna_state"].isin(["COMPLETE", "PRUNED", "RUNNING"])]
@@ -532,8 +590,8 @@ def order_analysis(exp: Path, df: pd.DataFrame, metric: str, mode: str, top: int
             ck = torch.load(p, map_location="cpu", weights_only=True)
             omega, pi, orders = soft_order(ck["model"])
         except Exception as e:
-            res.notes.append(f"order analytics: trial {r['trial_id']}: cannot read {p} "
-                             f"({type(e).__name__})")
+            res.notes.append(f"order analytics: trial {r['trial_id']}: cannot read "
+                             f"{_where(p)} ({type(e).__name__})")
             continue
         tasks = [t["name"] for t in (ck.get("spec") or {}).get("tasks", [])] or \
             [f"task{j + 1}" for j in range(omega.shape[0])]
@@ -917,17 +975,26 @@ class Analysis:
 def analyze(exp_dir, top: int = 10, importance: str = "fanova", n_slices: int = 4) -> Analysis:
     """Compute the whole analysis in memory (nothing is written; see :func:`write`).
 
+    Args:
+        exp_dir: the experiment: a local folder, a URI (``s3://...``, ``gs://...``) or an
+            :class:`~search.storage.ExperimentStore`.
+        top: trials in the top table and in the consensus order.
+        importance: ``fanova`` or ``ped-anova``.
+        n_slices: parameters in the slice plot.
+
     Raises:
         BadExperiment: missing or incomplete folder, or no finished trial.
+        OSError: object storage cannot be read (no access, endpoint away).
     """
-    exp = Path(exp_dir).expanduser()
+    exp = ExperimentStore.of(exp_dir)
     cfg = read_config(exp)
     s = cfg["search"]
     metric, mode, families = s["metric"], s["mode"], list(s["families"])
     study, where = open_study(exp, cfg)
     df = _table(exp, cfg, study)
     if f"last/{metric}" not in df.columns:
-        raise BadExperiment(f"{exp}/trials.parquet: no column last/{metric} (the search's metric)")
+        raise BadExperiment(f"{exp.shown('trials.parquet')}: no column last/{metric} (the "
+                            f"search's metric)")
     finished = df[df["optuna_state"].isin(["COMPLETE", "PRUNED"])
                   & pd.to_numeric(df[f"last/{metric}"], errors="coerce").notna()]
     if not len(finished):
@@ -1027,10 +1094,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python search/analyze.py",
                 description="Tables, Optuna importances and plots, MONET order analytics and a "
                             "report for one search experiment (also while it runs).")
-    p.add_argument("experiment", help="the experiment folder <storage>/<name>/")
+    p.add_argument("experiment", help="the experiment folder <storage>/<name>/: a local folder "
+                   "or a URI (s3://bucket/prefix/name, gs://..., ?endpoint_override=...)")
     p.add_argument("--top", type=int, default=10, help="trials in the top table and in the "
                    "consensus order (10)")
-    p.add_argument("--out", default=None, help="output folder (default: <experiment>/analysis)")
+    p.add_argument("--out", default=None, help="local output folder (default: "
+                   "<experiment>/analysis; ./<name>-analysis for object storage)")
     p.add_argument("--importance", choices=IMPORTANCE_EVALUATORS, default="fanova",
                    help="Optuna importance evaluator (fanova)")
     p.add_argument("--slices", type=int, default=4, help="parameters in the slice plot (4)")
@@ -1042,8 +1111,16 @@ def main(argv=None) -> int:
     if a.top < 1 or a.slices < 1:
         print(f"error: --{'top' if a.top < 1 else 'slices'}: expected >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    exp = Path(a.experiment).expanduser()
-    out = Path(a.out).expanduser() if a.out else exp / "analysis"
+    exp = ExperimentStore(a.experiment)
+    try:
+        exp.check()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if a.out:
+        out = Path(a.out).expanduser()
+    else:
+        out = exp.local_path / "analysis" if exp.is_local else Path(f"{exp.name}-analysis")
     if out.exists() and not out.is_dir():
         print(f"error: --out: {out} is a file; expected a folder", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -1051,6 +1128,10 @@ def main(argv=None) -> int:
         res = analyze(exp, top=a.top, importance=a.importance, n_slices=a.slices)
     except BadExperiment as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:   # object storage: no access, endpoint away, ...
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {exp}: cannot read it ({why})", file=sys.stderr)
         return EXIT_BAD_INPUT
     for line in res.summary:
         print(line)

@@ -3,9 +3,10 @@
 Ray does not save a scheduler's state with the experiment (DESIGN.md pitfalls): a resumed search
 would start ASHA with empty rungs and prune less. :class:`PersistentASHA` writes its rungs, the
 bracket of every trial and its stop decisions to one small JSON file in the experiment folder
-(through a temporary file and a rename) whenever they change, and reads it back when the search
-is resumed. A trial that ASHA stopped before a crash, and that Ray restarts from an older
-checkpoint, is stopped again at its next result: the decision stands.
+(a local file through a temporary file and a rename, or one object in object storage: see
+:mod:`search.storage`) whenever they change, and reads it back when the search is resumed. A
+trial that ASHA stopped before a crash, and that Ray restarts from an older checkpoint, is
+stopped again at its next result: the decision stands.
 
 Example:
     >>> import tempfile, os
@@ -23,7 +24,7 @@ from typing import Optional
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from monet.io import atomic_write_text
+from search.storage import ExperimentStore, base_name, parent_location
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class PersistentASHA(ASHAScheduler):
     """``ASHAScheduler`` that keeps its state in ``state_file`` (see the module docstring).
 
     Args:
-        state_file: a local JSON file, or None (nothing saved: plain ASHA).
+        state_file: the JSON file: a local path or a URI (``s3://bucket/exp/asha_state.json``,
+            query options kept at the end), or None (nothing saved: plain ASHA).
         **kw: ``ASHAScheduler`` arguments.
     """
 
@@ -61,13 +63,12 @@ class PersistentASHA(ASHAScheduler):
         if not self.state_file:
             return False
         try:
-            with open(self.state_file) as f:
-                st = json.load(f)
+            st = json.loads(self._store(self.state_file).read_bytes(base_name(self.state_file)))
         except FileNotFoundError:
             return False
         except (OSError, ValueError) as e:
             logger.warning("ASHA state %s unreadable (%s); starting with empty rungs",
-                           self.state_file, e)
+                           self._store(self.state_file).shown(base_name(self.state_file)), e)
             return False
         for b, saved in zip(self._brackets, st.get("brackets", [])):
             for (milestone, recorded), rung in zip(b._rungs, saved):
@@ -81,8 +82,16 @@ class PersistentASHA(ASHAScheduler):
 
     def save(self, checkpoint_path: Optional[str] = None) -> None:
         path = checkpoint_path or self.state_file
-        if path:
-            atomic_write_text(path, json.dumps(self.state()))
+        if not path:
+            return
+        try:
+            self._store(path).write_text(base_name(path), json.dumps(self.state()))
+        except OSError as e:   # object storage away for a moment: the next change saves again
+            logger.warning("ASHA state not saved (%s)", e)
+
+    @staticmethod
+    def _store(path: str) -> ExperimentStore:
+        return ExperimentStore(parent_location(str(path)))
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:

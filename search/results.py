@@ -1,6 +1,6 @@
 """The experiment folder's own files, refreshed as trials finish (always written atomically).
 
-``<storage>/<name>/`` holds, beside Ray's experiment state and the per-trial folders:
+``<storage>/<name>/`` (a local folder or object storage: :mod:`search.storage`) holds, beside Ray's experiment state and the per-trial folders:
 
 * ``config.yaml``       the resolved flags and search space (written once by the CLI);
 * ``trials.parquet``    one row per trial (also ``trials.csv``): trial id, family, state
@@ -23,8 +23,8 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 import monet
-from monet.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml
 from search.spaces import WARM_START_KEY, trial_to_train_config
+from search.storage import ExperimentStore
 
 LAST_KEYS = ("train/loss", "val/loss", "val/mean_acc", "val/mean_f1", "order/dist_to_identity")
 
@@ -33,8 +33,16 @@ def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def trial_row(trial, metric: str, mode: str, family: Optional[str] = None) -> dict:
-    """One table row from a Ray ``Trial`` (its config, last result and metric analysis)."""
+def trial_row(trial, metric: str, mode: str, family: Optional[str] = None,
+              store: Optional[ExperimentStore] = None) -> dict:
+    """One table row from a Ray ``Trial`` (its config, last result and metric analysis).
+
+    Args:
+        trial: the Ray ``Trial``.
+        metric: the searched metric; mode: ``max`` or ``min``.
+        family: the family when the config has none (a one-family search).
+        store: the experiment's store; under a URI ``trial_dir`` is the trial's full URI.
+    """
     last = trial.last_result or {}
     ma = getattr(trial, "metric_analysis", {}) or {}
     cfg = flatten_dict(dict(trial.config or {}), delimiter="/")
@@ -58,6 +66,8 @@ def trial_row(trial, metric: str, mode: str, family: Optional[str] = None) -> di
     row["node_id"] = last.get("node_id")
     row["error"] = _error_line(trial)
     row["trial_dir"] = _trial_path(trial)
+    if store is not None and not store.is_local and row["trial_dir"]:
+        row["trial_dir"] = store.shown(Path(row["trial_dir"]).name)
     row["warm_start"] = cfg.get(WARM_START_KEY) or None
     for k, v in cfg.items():
         row[f"config/{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
@@ -75,10 +85,17 @@ def _error_line(trial) -> Optional[str]:
     if trial.status != "ERROR":
         return None
     p = getattr(getattr(trial, "run_metadata", None), "error_filename", None)
-    path = Path(_trial_path(trial) or ".") / (p or "error.txt")
-    try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except OSError:
+    # the driver writes the error file in its own copy of the trial folder first (under
+    # object storage the only one it can read as a file)
+    paths = [Path(d) / (p or "error.txt") for d in (getattr(trial, "local_path", None),
+                                                     _trial_path(trial)) if d]
+    for path in paths:
+        try:
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            break
+        except OSError:
+            continue
+    else:
         return "error"
     for ln in reversed(lines):   # the exception's own line
         if "Error" in ln or "Exception" in ln or "Fault" in ln:
@@ -103,16 +120,25 @@ def _finite(v) -> bool:
 
 
 class ExperimentFiles:
-    """Writes ``trials.parquet``, ``trials.csv`` and ``best_config.yaml`` for one experiment."""
+    """Writes ``trials.parquet``, ``trials.csv``, ``best_config.yaml`` and
+    ``best_train_config.yaml`` for one experiment.
+
+    Args:
+        exp_dir: the experiment: a local folder, a URI (``s3://...``, ``gs://...``) or an
+            :class:`~search.storage.ExperimentStore`.
+        metric: the searched metric; mode: ``max`` or ``min``.
+        base: the fixed TrainConfig fields; dataset: the dataset name.
+    """
 
     def __init__(self, exp_dir, metric: str, mode: str, base: dict, dataset: str):
-        self.exp_dir = Path(exp_dir)
+        self.store = ExperimentStore.of(exp_dir)
         self.metric, self.mode = metric, mode
         self.base = dict(base)
         self.dataset = dataset
 
     def write(self, trials) -> Optional[dict]:
-        rows = [trial_row(t, self.metric, self.mode, self.base.get("family")) for t in trials]
+        rows = [trial_row(t, self.metric, self.mode, self.base.get("family"), self.store)
+                for t in trials]
         rows.sort(key=lambda r: (r.get("config/optuna_trial") is None,   # in the study's order
                                  r.get("config/optuna_trial") or 0))
         df = pd.DataFrame(rows)
@@ -120,8 +146,8 @@ class ExperimentFiles:
             buf = io.BytesIO()
             df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(
                 buf, index=False)
-            atomic_write_bytes(self.exp_dir / "trials.parquet", buf.getvalue())
-            atomic_write_text(self.exp_dir / "trials.csv", df.to_csv(index=False))
+            self.store.write_bytes("trials.parquet", buf.getvalue())
+            self.store.write_text("trials.csv", df.to_csv(index=False))
         best = pick_best(rows, self.metric, self.mode)
         if best is not None:
             trial = next(t for t in trials if t.trial_id == best["trial_id"])
@@ -135,8 +161,8 @@ class ExperimentFiles:
                 "trial_dir": best["trial_dir"], "monet_tune_version": monet.__version__,
                 "config": cfg,
             }
-            atomic_write_yaml(self.exp_dir / "best_config.yaml", doc)
-            atomic_write_yaml(self.exp_dir / "best_train_config.yaml", cfg)
+            self.store.write_yaml("best_config.yaml", doc)
+            self.store.write_yaml("best_train_config.yaml", cfg)
             return doc
         return None
 

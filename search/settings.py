@@ -147,8 +147,11 @@ class TrialRuntime:
         threads: torch threads of a trial (its CPU share).
         fault: parsed ``--inject-fault`` (drills and tests) or None.
         exp_dir: the local experiment folder (trial files are written straight there), or None.
+        exp_uri: the experiment's URI when it is in object storage (``s3://...``), or None:
+            each trial keeps its latest checkpoint there as one object.
     """
 
     threads: int = 1
     fault: Optional[dict] = None
     exp_dir: Optional[str] = None
+    exp_uri: Optional[str] = None

@@ -3,8 +3,16 @@
 One trial = one ``fit`` run in the trial's folder (``config.yaml``, ``metrics.jsonl``,
 tensorboardX ``events/``, beside Ray's own ``result.json``/``progress.csv``). After every
 evaluation round the trainable reports the flat metrics with ``tune.report`` and, on rounds that
-wrote one, the checkpoint folder with ``tune.Checkpoint.from_directory``. A retried or resumed
-trial continues from ``tune.get_checkpoint()`` bit-exactly.
+wrote one, a checkpoint with ``tune.Checkpoint.from_directory``. A retried or resumed trial
+continues from its latest checkpoint bit-exactly.
+
+Where the checkpoint lives: the trial's own ``checkpoint/checkpoint.pt``, in the local experiment
+folder or, for an experiment in object storage, as one object
+``<uri>/trial_<id>/checkpoint/checkpoint.pt`` (overwritten whole each round); Ray is given a small
+pointer checkpoint. Ray's record of a trial's latest checkpoint is saved every few seconds, so
+after a crash it may name an older one: had Ray kept the checkpoints themselves with
+``num_to_keep``, it could name one already deleted (``Could not recover from checkpoint as it
+does not exist on storage anymore``), and the trial would fail on ``--resume``.
 
 Besides ``fit``'s metrics every report carries ``budget`` (share of the trial's epoch budget done,
 1.0 at the end: the searcher's COMPLETE/PRUNED test), ``node_id`` and ``restored_round`` (the
@@ -32,9 +40,11 @@ from ray import tune
 from ray.tune.utils import flatten_dict
 
 from monet.errors import NonFiniteLossError
+from monet.io import atomic_write_bytes
 from monet.train import CHECKPOINT_FILE, fit, load_checkpoint, plan_steps
 from search.settings import TrialRuntime
 from search.spaces import TRIAL_NUMBER_KEY, trial_to_train_config
+from search.storage import ExperimentStore
 
 NONFINITE_MARK = "nonfinite.txt"     # left in the trial folder: a retry fails at once
 ATTEMPTS_LOG = "attempts.jsonl"      # one line per start of the trial (fresh, retry, resume)
@@ -105,6 +115,7 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
     """
     runtime = runtime or TrialRuntime()
     fault, exp_dir = runtime.fault, runtime.exp_dir
+    remote = ExperimentStore(runtime.exp_uri) if runtime.exp_uri and not exp_dir else None
     torch.set_num_threads(max(1, int(runtime.threads)))
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -129,6 +140,12 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
     # Where to continue from: the trial's own latest checkpoint (local experiment folder), else
     # the checkpoint Ray restored (remote storage). Ray's own record may be older than ours.
     own = trial_dir / "checkpoint" / CHECKPOINT_FILE
+    own_key = f"{trial_dirname_of(trial_id)}/checkpoint/{CHECKPOINT_FILE}"
+    if remote is not None and not own.is_file():   # object storage: the trial's own object
+        try:
+            atomic_write_bytes(own, remote.read_bytes(own_key))
+        except FileNotFoundError:
+            pass
     ray_ckpt = tune.get_checkpoint()
     restored = own.is_file() or ray_ckpt is not None
     attempt = {"time": time.time(), "restored": restored, "node_id": node_id}
@@ -145,12 +162,17 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
         m["budget"] = min(1.0, int(metrics["step"]) / total)
         m["restored_round"] = state["restored_round"]
         m["node_id"] = node_id
-        if checkpoint_dir and exp_dir:
-            # Local folder: Ray records a small pointer (so Ray can keep every one and never
-            # points at a deleted checkpoint after a crash); the state stays in checkpoint/.
+        if checkpoint_dir and (exp_dir or remote is not None):
+            # Ray records a small pointer (so Ray can keep every one and never points at a
+            # deleted checkpoint after a crash); the state stays in checkpoint/, in the local
+            # experiment folder or uploaded whole to object storage before the report.
+            where = str(own)
+            if remote is not None:
+                remote.write_bytes(own_key, (Path(checkpoint_dir) / CHECKPOINT_FILE).read_bytes())
+                where = remote.shown(own_key)
             with tempfile.TemporaryDirectory(prefix="monet-pointer-") as td:
                 (Path(td) / POINTER_FILE).write_text(json.dumps(
-                    {"file": str(own), "round": int(metrics["round"])}))
+                    {"file": where, "round": int(metrics["round"])}))
                 tune.report(m, checkpoint=tune.Checkpoint.from_directory(td))
         elif checkpoint_dir:
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))

@@ -9,10 +9,15 @@ The command users run::
         --space my_space.yaml --num-samples 200 --max-epochs 10 --eval-every 0.25 \\
         --gpus-per-trial 0.25 --address auto --optuna-storage sqlite:///bp4d.db
     python search/tune_monet.py --storage-path results --name smoke --resume
+    python search/tune_monet.py --storage-path s3://bucket/results --name smoke   # object storage
 
 Everything lands in ``<storage-path>/<name>/``: ``config.yaml`` (resolved flags and space),
 ``trials.parquet``/``trials.csv``, ``best_config.yaml``, one folder per trial (TensorBoard events,
-metrics.jsonl, checkpoints) and Ray's experiment state (for ``--resume``).
+metrics.jsonl, checkpoints) and Ray's experiment state (for ``--resume``). ``--storage-path`` may
+be a URI that ``pyarrow.fs.FileSystem.from_uri`` accepts (``s3://``, ``gs://``, with query
+options such as ``?endpoint_override=...``): the same files then go to object storage, the trials'
+checkpoints through Ray, and the Optuna study is kept in Ray's saved searcher state unless
+``--optuna-storage`` is given.
 
 Bad input (unknown dataset/family, missing data root, bad space file, unreachable ``--address``,
 GPUs asked on a cluster without any) ends with one ``error:`` line and exit code 2 before any
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import math
 import os
 import socket
@@ -105,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster (host:port, auto, ray://...); default: $RAY_ADDRESS, "
                         "else a local instance")
     g.add_argument("--storage-path", default="results",
-                   help="experiment storage: a local folder or any URI Ray supports")
+                   help="experiment storage: a local folder or a pyarrow URI (s3://bucket/prefix, "
+                        "gs://bucket/prefix, ?endpoint_override=... allowed)")
     g.add_argument("--name", default=None, help="experiment name (default: dataset-family-time)")
     g.add_argument("--resume", action="store_true",
                    help="continue the experiment --storage-path/--name; with a larger "
@@ -181,6 +188,8 @@ def resolve(a) -> SearchSettings:
     if "://" not in storage:
         from monet.cli import check_writable_dir
         storage = str(check_writable_dir(Path(storage).expanduser().resolve(), "--storage-path"))
+    else:
+        _check_storage_uri(storage)
     name = a.name or f"{a.dataset}-{a.family}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if not name or "/" in name or name.startswith("."):
         raise BadInput(f"--name: {name!r} is not a plain folder name")
@@ -217,6 +226,16 @@ def base_config(a, s: SearchSettings) -> dict:
     return d
 
 
+def _check_storage_uri(uri: str) -> None:
+    """A ``--storage-path`` URI pyarrow cannot open is refused in one line."""
+    from search.storage import ExperimentStore
+
+    try:
+        ExperimentStore(uri).check()
+    except ValueError as e:
+        raise BadInput(f"--storage-path: {e}") from None
+
+
 def experiment_dir(s: SearchSettings):
     """The local experiment folder, or None when results go to object storage."""
     if s.is_remote:
@@ -225,8 +244,17 @@ def experiment_dir(s: SearchSettings):
 
 
 def experiment_path(s: SearchSettings) -> str:
-    """The experiment's location as Ray takes it (a local folder or a URI)."""
-    return f"{s.storage_path.rstrip('/')}/{s.name}"
+    """The experiment's location as Ray takes it (a local folder or a URI, query kept last)."""
+    from search.storage import join_location
+
+    return join_location(s.storage_path, s.name)
+
+
+def experiment_store(s: SearchSettings):
+    """The experiment's :class:`~search.storage.ExperimentStore` (local folder or URI)."""
+    from search.storage import ExperimentStore
+
+    return ExperimentStore(experiment_path(s))
 
 
 def check_address(address: str) -> None:
@@ -294,9 +322,13 @@ def _run(a, argv) -> int:
         s = resolve(a)
         base = base_config(a, s)
         space_overrides = load_space_file(s.space) if s.space else {}
-        exp = experiment_dir(s)
-        if exp is not None and (exp / "tuner.pkl").exists():
-            raise BadInput(f"--name: the experiment {exp} exists already; add --resume to "
+        store = experiment_store(s)
+        try:
+            store.check_bucket()
+        except OSError as e:
+            raise BadInput(f"--storage-path: {e}") from None
+        if _exists(store, "tuner.pkl"):
+            raise BadInput(f"--name: the experiment {store} exists already; add --resume to "
                            f"continue it or pick another --name")
         if s.optuna_storage is not None:
             import optuna
@@ -307,6 +339,7 @@ def _run(a, argv) -> int:
             from search.warmstart import open_source
             open_source(s.warm_start)      # a missing path or study: one line, before Ray
     exp = experiment_dir(s)
+    store = experiment_store(s)
     fault = parse_fault(s.inject_fault)
 
     # data once, in the driver (a missing data root fails here, before Ray starts)
@@ -323,33 +356,53 @@ def _run(a, argv) -> int:
         s = fit_to_cluster(s, [n["Resources"] for n in ray.nodes() if n.get("Alive")],
                            autoscaling=bool(address))
         runtime = TrialRuntime(threads=max(1, int(s.cpus_per_trial)), fault=fault,
-                               exp_dir=str(exp) if exp is not None else None)
+                               exp_dir=str(exp) if exp is not None else None,
+                               exp_uri=None if exp is not None else store.location)
+        if exp is not None:
+            exp.mkdir(parents=True, exist_ok=True)
         saved = {"search": s.to_dict(), "base": base, "space": space.describe(),
                  "space_overrides": space_overrides,
                  # on --resume the budget may have grown; everything else is as saved
-                 "argv": _saved_argv(exp) if a.resume else sys.argv[1:]}
-        if exp is not None:
-            exp.mkdir(parents=True, exist_ok=True)
+                 "argv": _saved_argv(store) if a.resume else sys.argv[1:]}
+        if not a.resume:       # a resume rewrites it once the saved experiment has been read
+            _write_settings(store, saved)
         storage = make_storage(s.study_url)
         tuner = build_tuner(s, base, data, space, storage, runtime, resume=a.resume,
                             verbose=a.verbose)
-        if exp is not None:
-            from monet.io import atomic_write_yaml
-            atomic_write_yaml(exp / "config.yaml", saved)
+        if a.resume:
+            _write_settings(store, saved)
         grid = tuner.fit()
-        return summarize(s, grid, exp, storage)
+        return summarize(s, grid, store, storage)
     finally:
         if started:
             ray.shutdown()
 
 
-def _saved_argv(exp: Path) -> list:
+def _write_settings(store, saved: dict) -> None:
+    """``config.yaml`` of the experiment (a missing bucket or an unreachable endpoint: one line,
+    before any trial starts)."""
+    try:
+        store.write_yaml("config.yaml", saved)
+    except OSError as e:
+        raise BadInput(f"--storage-path: {str(e).splitlines()[0]}") from None
+
+
+def _saved_argv(store) -> list:
     import yaml
 
     try:
-        return yaml.safe_load((exp / "config.yaml").read_text()).get("argv") or []
-    except (OSError, AttributeError, yaml.YAMLError):
+        return store.read_yaml("config.yaml").get("argv") or []
+    except (OSError, AttributeError, UnicodeDecodeError, yaml.YAMLError):
         return []
+
+
+def _exists(store, rel: str) -> bool:
+    """Whether ``rel`` exists in the experiment; storage that cannot be reached is bad input."""
+    try:
+        return store.exists(rel)
+    except OSError as e:
+        raise BadInput(f"--storage-path: cannot read {store.shown(rel)}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def given_flags(argv) -> dict:
@@ -365,23 +418,32 @@ def load_experiment(a, argv) -> tuple:
     """The saved settings, base config and space overrides of ``--storage-path/--name``, with the
     budget flags given now applied. Any other flag that differs from the saved experiment is
     refused (one line naming it and its saved value); so is a budget below what was asked."""
+    import yaml
+
     from search.settings import BUDGET_FLAGS
+    from search.storage import ExperimentStore, join_location
 
     if not a.name:
         raise BadInput("--resume: give the experiment with --storage-path and --name")
-    exp = Path(a.storage_path).expanduser().resolve() / a.name
-    if not (exp / "config.yaml").is_file() or not (exp / "tuner.pkl").is_file():
-        raise BadInput(f"--resume: no experiment to resume at {exp}")
-    from monet.cli import load_yaml_mapping
-
-    saved = load_yaml_mapping(exp / "config.yaml", "--resume", what="a search's saved settings")
+    root = str(a.storage_path)
+    if "://" in root:
+        _check_storage_uri(root)
+    else:
+        root = str(Path(root).expanduser().resolve())
+    store = ExperimentStore(join_location(root, a.name))
+    if not _exists(store, "config.yaml") or not _exists(store, "tuner.pkl"):
+        raise BadInput(f"--resume: no experiment to resume at {store}")
     try:
-        s = SearchSettings.from_dict(saved["search"], source=str(exp / "config.yaml"))
+        saved = store.read_yaml("config.yaml")
+        s = SearchSettings.from_dict(saved["search"], source=store.shown("config.yaml"))
         base = dict(saved["base"])
-    except (KeyError, TypeError) as e:
-        raise BadInput(f"--resume: {exp / 'config.yaml'} is damaged ({type(e).__name__}: {e}); "
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise BadInput(f"--resume: {store.shown('config.yaml')} is damaged ({type(e).__name__}); "
                        "the experiment cannot be resumed") from None
-    s = s.replace(storage_path=str(exp.parent), name=a.name)
+    except OSError as e:
+        raise BadInput(f"--resume: cannot read {store.shown('config.yaml')}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    s = s.replace(storage_path=root, name=a.name)
     given = given_flags(argv)
     fresh = None
     data_fields = {f.field: f for f in DATA_FLAGS}
@@ -408,7 +470,7 @@ def load_experiment(a, argv) -> tuple:
         if k == "num_samples" and v < 1 or k == "max_concurrent" and v < 1 \
                 or k == "max_failures" and v < 0 or k == "time_budget" and not v > 0:
             raise BadInput(f"--{k.replace('_', '-')}: got {v!r}; expected a positive budget")
-    asked = _trials_asked(s, exp)
+    asked = _trials_asked(s, store)
     if budget.get("num_samples", s.num_samples) < asked:
         raise BadInput(f"--num-samples: {budget['num_samples']} is fewer than the {asked} trials "
                        f"the experiment has asked for already (saved --num-samples "
@@ -426,7 +488,7 @@ def _differs(new, old) -> bool:
     return new != old
 
 
-def _trials_asked(s: SearchSettings, exp: Path) -> int:
+def _trials_asked(s: SearchSettings, store) -> int:
     """Trials the experiment has asked for so far (its Optuna study, else trials.parquet)."""
     url = s.study_url
     if url:
@@ -440,7 +502,7 @@ def _trials_asked(s: SearchSettings, exp: Path) -> int:
             return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
     try:
         import pandas as pd
-        return len(pd.read_parquet(exp / "trials.parquet"))
+        return len(pd.read_parquet(io.BytesIO(store.read_bytes("trials.parquet"))))
     except Exception:  # noqa: BLE001 - no table yet: nothing finished
         return 0
 
@@ -529,15 +591,14 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, base=base, runtime=runtime),
         {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-    exp = experiment_dir(s)
+    store = experiment_store(s)
     if s.scheduler == "asha":
         scheduler = PersistentASHA(
-            str(exp / STATE_FILE) if exp is not None else None, time_attr="epoch",
+            store.uri(STATE_FILE), time_attr="epoch",
             max_t=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    callbacks = [ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset))
-                 ] if exp is not None else []
+    callbacks = [ResultsCallback(ExperimentFiles(store, s.metric, s.mode, base, s.dataset))]
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:
         try:
@@ -573,8 +634,8 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
             name=s.name, storage_path=s.storage_path, callbacks=callbacks,
             progress_reporter=reporter, verbose=verbose, failure_config=failure,
             stop={"time_total_s": s.trial_timeout} if s.trial_timeout else None,
-            # local folders: Ray's checkpoints are small pointers, keep them all
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp is not None else 2)))
+            # Ray's checkpoints are small pointers to the trial's own (trainable.py): keep all
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
 
 
 def _apply_budget(tuner, s: SearchSettings, storage, scheduler, callbacks, failure, verbose):
@@ -594,8 +655,18 @@ def _apply_budget(tuner, s: SearchSettings, storage, scheduler, callbacks, failu
     rc.callbacks, rc.failure_config, rc.verbose = callbacks, failure, verbose
 
 
-def summarize(s: SearchSettings, grid, exp, storage) -> int:
-    """Print the final summary: trial counts, best config and metric, where the files are."""
+def summarize(s: SearchSettings, grid, store, storage) -> int:
+    """Print the final summary: trial counts, best config and metric, where the files are.
+
+    Args:
+        s: the search's settings.
+        grid: Ray's ``ResultGrid``.
+        store: the experiment's :class:`~search.storage.ExperimentStore`.
+        storage: the Optuna storage (unused here; kept for callers).
+
+    Returns:
+        0, or ``EXIT_NO_RESULT`` when no trial finished with a finite metric.
+    """
     import yaml
 
     states = {}
@@ -607,34 +678,44 @@ def summarize(s: SearchSettings, grid, exp, storage) -> int:
         states[st] = states.get(st, 0) + 1
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
     print(f"\n{len(grid)} trials: {counts}")
-    best_file = exp / "best_config.yaml" if exp is not None else None
-    if best_file is None or not best_file.exists():
+    try:
+        best = store.read_yaml("best_config.yaml")
+    except FileNotFoundError:
+        best = None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        print(f"cannot read {store.shown('best_config.yaml')}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return EXIT_NO_RESULT
+    if not isinstance(best, dict):
         print("no trial finished with a finite metric; see the trial errors above")
         return EXIT_NO_RESULT
-    with open(best_file) as f:
-        best = yaml.safe_load(f)
     print(f"best trial {best['trial_id']} ({best['family']}): {best['metric']} = "
           f"{best['value']:.4f} after {best['epochs']:g} epochs")
     cfg = best["config"]
-    shown = [k for k in sorted(cfg) if k in _searched_names(exp)]
-    for k in shown:
+    names = _searched_names(store)
+    for k in (k for k in sorted(cfg) if k in names):
         print(f"  {k}: {cfg[k]}")
-    print(f"files: {exp}/best_config.yaml, trials.parquet, trials.csv")
-    print(f"  tensorboard --logdir {exp}")
+    exp = store.shown()
+    print(f"files: {store.shown('best_config.yaml')}, trials.parquet, trials.csv")
     if s.optuna_storage:
         print(f"  optuna-dashboard {s.optuna_storage}")
-    print(f"  retrain: python -m monet.train --config {exp}/best_config.yaml --out runs/best")
-    print(f"  paper table (seeds, every fold): python search/retrain.py {exp}")
+    if store.is_local:
+        print(f"  tensorboard --logdir {exp}")
+        print(f"  retrain: python -m monet.train --config {exp}/best_config.yaml --out runs/best")
+        print(f"  paper table (seeds, every fold): python search/retrain.py {exp}")
+    else:
+        print(f"  analysis: python search/analyze.py {exp} --out {s.name}-analysis")
+        print(f"  retrain: copy {store.shown('best_train_config.yaml')} here, then "
+              f"python -m monet.train --config best_train_config.yaml --out runs/best")
     return 0
 
 
-def _searched_names(exp) -> set:
+def _searched_names(store) -> set:
     import yaml
 
     try:
-        with open(exp / "config.yaml") as f:
-            space = yaml.safe_load(f)["space"]
-    except (OSError, KeyError, TypeError):
+        space = store.read_yaml("config.yaml")["space"]
+    except (OSError, KeyError, TypeError, UnicodeDecodeError, yaml.YAMLError):
         return set()
     names = {"family"}
     for ps in space.values():
