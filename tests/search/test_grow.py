@@ -210,3 +210,17 @@ def test_asha_rungs_and_decisions_survive_a_restart(tmp_path):
     a.on_trial_add(None, Trial("__fake", stub=True, trial_id="t9"))
     assert b.on_trial_result(None, new, {"epoch": 1, "m": 0.2}) == \
         a.on_trial_result(None, new, {"epoch": 1, "m": 0.2}) == TrialScheduler.STOP
+
+
+def test_trial_timeout_stops_trials_and_records_them_pruned(ray_local, tmp_path):
+    rc = tune_monet.run(TINY + ["--family", "vmnc", "--num-samples", "2", "--max-epochs", "200",
+                                "--eval-every", "1", "--scheduler", "fifo", "--trial-timeout", "3",
+                                "--storage-path", str(tmp_path), "--name", "t", "--verbose", "0"])
+    df = _table(tmp_path / "t")
+    assert len(df) == 2 and df["stopped_early"].all() and (df["epochs"] < 200).all()
+    assert (df["time_total_s"] >= 3).all()
+    states = {t.state.name for t in _study(tmp_path / "t", "t").trials}
+    assert states == {"PRUNED"}
+    assert rc == 0          # the best config is then the best stopped trial, and says so
+    best = yaml.safe_load((tmp_path / "t" / "best_config.yaml").read_text())
+    assert best["full_budget"] is False
