@@ -593,8 +593,12 @@ def order_analysis(exp, df: pd.DataFrame, metric: str, mode: str, top: int) -> O
             res.notes.append(f"order analytics: trial {r['trial_id']}: cannot read "
                              f"{_where(p)} ({type(e).__name__})")
             continue
-        tasks = [t["name"] for t in (ck.get("spec") or {}).get("tasks", [])] or \
-            [f"task{j + 1}" for j in range(omega.shape[0])]
+        spec_tasks = (ck.get("spec") or {}).get("tasks", [])
+        # the ordered chain runs over the binary tasks (Aff-Wild2: the 12 AUs; expression and
+        # valence/arousal have their own heads)
+        tasks = [t["name"] for t in spec_tasks if t.get("kind", "binary") == "binary"]
+        if len(tasks) != omega.shape[0]:
+            tasks = [f"task{j + 1}" for j in range(omega.shape[0])]
         per.append({"trial_id": r["trial_id"], "state": r["optuna_state"], "omega": omega,
                     "pi": pi, "orders": orders, "tasks": tasks, "M": len(pi),
                     "value": r.get(f"last/{metric}"), "epochs": r.get("epochs")})
