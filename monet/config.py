@@ -54,6 +54,10 @@ class TrainConfig:
     order_lr: float = 5e-3          # monet: Adam lr of the order logits
     warmup_loss: str = "mixture"    # monet, during warmup: 'mixture' (eq. 18 with pi frozen) or
                                     # 'mean' (every kept order trained with equal weight)
+    order_temp_final: float = 1.0   # monet: temperature of pi = softmax(u / tau) at the end of
+                                    # training; < 1 sharpens pi late (1: off, the paper's pi)
+    order_anneal_start: float = 0.5  # monet: share of training after which tau anneals
+                                    # geometrically from 1 to order_temp_final
     L: int = 20                     # mrnn/monet: inference trajectories
     order: Optional[list] = None    # oracle / mrnn: the task order (0-based); None: seeded random
     # ---- optimisation -----------------------------------------------------------------------
@@ -125,6 +129,10 @@ class TrainConfig:
             bad("eval_every", "> 0 (epochs, fractions allowed)")
         if float(self.warmup) < 0:
             bad("warmup", ">= 0 epochs")
+        if not float(self.order_temp_final) > 0:
+            bad("order_temp_final", "a positive temperature (1: no annealing)")
+        if not 0 <= float(self.order_anneal_start) < 1:
+            bad("order_anneal_start", "a share of training in [0, 1)")
         if int(self.checkpoint_every) < 1:
             bad("checkpoint_every", ">= 1 evaluation rounds")
         if int(self.L) < 1:

@@ -188,9 +188,22 @@ def make_storage(url: Optional[str]):
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def make_sampler(kind: str, seed: int, n_startup_trials: int):
-    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials) or ``random`` (seeded)."""
+def make_sampler(kind: str, seed: int, n_startup_trials: int, multivariate: bool = False):
+    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials) or ``random`` (seeded).
+
+    ``multivariate=True`` gives ``TPESampler(multivariate=True, group=True)``, which models the
+    parameters jointly and samples a conditional one (k, whose range depends on M) within its
+    group instead of independently (an experimental Optuna feature; compare it with
+    ``benchmarks/search_vs_peers.py --methods ours ours_mv``).
+    """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if multivariate:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                              n_startup_trials=n_startup_trials,
+                                              multivariate=True, group=True)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
                                       n_startup_trials=n_startup_trials)
