@@ -18,7 +18,10 @@ What it measures (every search on one local Ray instance, same seed and number o
    Target: ours <= 1.1x the stock recipe.
 4. ``benchmarks/monet_step.py --quick`` three times in a row, each printed (targets on every run:
    >= 10x the loop on toy, <= 1.5x the shared-GRU floor at BP4D scale).
-5. (``--only headline``) the default MONET search with a larger budget. Search quality against
+5. One toy MONET trial timed in-process as the trainable runs it and with one change at a time
+   (no TensorBoard, a checkpoint only at the end, L=5 evaluation trajectories): what the
+   overhead reductions that need ``search/`` changes would save.
+6. (``--only headline``) the default MONET search with a larger budget. Search quality against
    other tools and tuned baselines is ``benchmarks/search_vs_peers.py``.
 
 The search only sees validation metrics. A winner's test accuracy comes from retraining its
@@ -27,7 +30,7 @@ winning trial itself, now evaluated on the test split).
 
     python benchmarks/search_efficiency.py                 # 1-4 (~20 min on 2 quiet cores)
     python benchmarks/search_efficiency.py --quick         # a few-minute smoke of the script
-    python benchmarks/search_efficiency.py --only short    # one part: compare|short|step|headline
+    python benchmarks/search_efficiency.py --only short    # one part: compare|short|step|parts|headline
 
 Results: ``benchmarks/results/search_efficiency.json`` (and a printed table).
 """
@@ -184,6 +187,44 @@ def short_trials(storage, stamp, n, seed, slots) -> dict:
     return out
 
 
+def trial_parts(epochs: float, reps: int = 2) -> dict:
+    """One toy MONET trial (the search's defaults: M=120, k=100, L=20, batch 64) timed in this
+    process as the trainable runs it (run folder, TensorBoard, a checkpoint every round) and with
+    one thing changed at a time, alternating; the seconds each part of a trial slot costs."""
+    import tempfile
+
+    import torch
+
+    from monet.config import TrainConfig
+    from monet.data import load_dataset
+    from monet.train import fit
+
+    torch.set_num_threads(1)
+    base = TrainConfig(family="monet", epochs=epochs, lr=2e-3, tensorboard=True,
+                       checkpoint_every=1)
+    data = load_dataset(base)
+    variants = {"as_trainable": {}, "no_tensorboard": {"tensorboard": False},
+                "checkpoint_at_end_only": {"checkpoint_every": 10 ** 6},
+                "eval_L5": {"L": 5},
+                "lean": {"tensorboard": False, "checkpoint_every": 10 ** 6, "L": 5}}
+    times = {k: [] for k in variants}
+    parts = {}
+    for _ in range(reps):
+        for name, kw in variants.items():
+            with tempfile.TemporaryDirectory() as td:
+                t0 = time.perf_counter()
+                res = fit(base.replace(**kw), data, run_dir=td)
+                times[name].append(time.perf_counter() - t0)
+            m = res["metrics"]
+            parts[name] = {"train_s": m["time/train_s"]}
+    out = {k: round(min(v), 3) for k, v in times.items()}
+    out["epochs"] = epochs
+    line = ", ".join(f"{k} {v:.2f} s" for k, v in out.items() if k != "epochs")
+    print(f"one toy MONET trial of {epochs:g} epochs in-process (best of {reps}): {line}",
+          flush=True)
+    return out
+
+
 def step_runs(n_runs: int) -> dict:
     """``benchmarks/monet_step.py --quick`` ``n_runs`` times in a row, each printed."""
     import subprocess
@@ -214,7 +255,8 @@ def step_runs(n_runs: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny budgets (checks the script)")
-    p.add_argument("--only", choices=("compare", "short", "step", "headline"), default=None)
+    p.add_argument("--only", choices=("compare", "short", "step", "parts", "headline"),
+                   default=None)
     p.add_argument("--runs", nargs="+", choices=RUNS, default=DEFAULT_RUNS,
                    help="comparison searches to run now; the others are read from --out when "
                         "their settings match")
@@ -249,7 +291,7 @@ def main(argv=None) -> int:
     print(f"{os.cpu_count()} CPUs, load average {load0[0]:.1f} at start", flush=True)
     report = {"machine": f"{os.cpu_count()} CPUs", "slots": slots, "seed": a.seed,
               "started": stamp, "settings": vars(a), "load_at_start": load0}
-    for k in ("headline", "short_trials", "step"):
+    for k in ("headline", "short_trials", "step", "trial_parts"):
         if old.get(k):
             report[k] = old[k]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +303,9 @@ def main(argv=None) -> int:
     try:
         if a.only in (None, "step"):   # first: nothing else running in this process yet
             report["step"] = step_runs(a.step_runs)
+            save()
+        if a.only in (None, "parts"):
+            report["trial_parts"] = trial_parts(2 if a.quick else 10)
             save()
         if a.only in (None, "compare"):
             runs = {k: v for k, v in old.get("runs", {}).items()

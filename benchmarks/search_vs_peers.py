@@ -215,7 +215,8 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
 
     tune_monet.build_tuner = with_stopper
     try:
-        rc = tune_monet.run(argv)
+        with _quiet(Path(storage) / f"{name}.log"):
+            rc = tune_monet.run(argv)
     finally:
         tune_monet.build_tuner, searcher.make_sampler = orig, orig_sampler
     exp = Path(storage) / name
@@ -236,6 +237,24 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
         out.update(winner=_winner(full), winner_val=float(df.loc[i, f"last/{METRIC}"]),
                    rule="fallback: best last value (no full-budget trial)")
     return out
+
+
+class _quiet:
+    """Send a search's own console output (summaries, Ray's boxes) to a log file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        import contextlib
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a")
+        self.ctx = contextlib.redirect_stdout(self.f)
+        self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+        self.f.close()
 
 
 def _unflat(cfg: dict) -> dict:
@@ -286,7 +305,8 @@ def run_ray_stock(task, seed, st, storage, budget: Budget, data, space) -> dict:
                                         scheduler=sched, num_samples=n),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                       stop=make_stopper(budget)))
-        grid = tuner.fit()
+        with _quiet(Path(storage) / f"{name}.log"):
+            grid = tuner.fit()
     finally:
         for k, v in saved.items():
             if v is not None:
@@ -541,6 +561,7 @@ def targets(task, summ) -> dict:
 
 
 def main(argv=None) -> int:
+    global OUT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="one task (bits), one seed, 6-epoch trials, 2 retrain seeds (< 5 min)")
@@ -552,9 +573,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=30, help="full trial budget (epochs)")
     p.add_argument("--retrain-seeds", type=int, default=5)
     p.add_argument("--rerun", action="store_true", help="ignore saved runs")
-    p.add_argument("--storage", default="/tmp/search_vs_peers_runs")
+    p.add_argument("--storage", default="/tmp/search_vs_peers_runs",
+                   help="Ray experiments and Optuna studies (not kept)")
+    p.add_argument("--out", default=str(OUT), help="raw results and summary.json")
     a = p.parse_args(argv)
-    global OUT
+    OUT = Path(a.out)
     if a.quick:
         a.tasks, a.seeds, a.epochs, a.retrain_seeds = ["bits"], [0], 6, 2
         OUT = OUT / "quick"
@@ -598,7 +621,7 @@ def main(argv=None) -> int:
     parts = []
     for task, d in summary["tasks"].items():
         for m, s in d["summary"].items():
-            if m != "ours":
+            if m != "ours" and "ours_minus_peer_points" in s:
                 parts.append(f"{task}/{m}: test {s['ours_minus_peer_points']:+.1f} pts, "
                              f"ep->target x{s['reach_epochs_ratio']}")
     met = all(all(v for v in d["targets"].values()) for d in summary["tasks"].values())
