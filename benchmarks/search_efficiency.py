@@ -32,6 +32,10 @@ winning trial itself, now evaluated on the test split).
     python benchmarks/search_efficiency.py --quick         # a few-minute smoke of the script
     python benchmarks/search_efficiency.py --only short    # one part: compare|short|step|parts|headline
 
+Ray 2.60 listens on every interface of a local instance (DESIGN, Known pitfalls): run it in a
+network namespace of its own, as the README's figures were:
+``unshare -n sh -c 'ip link set lo up && python benchmarks/search_efficiency.py'``.
+
 Results: ``benchmarks/results/search_efficiency.json`` (and a printed table).
 """
 from __future__ import annotations
@@ -145,14 +149,31 @@ def _sleep_trial(config):
     tune.report({"loss": config["x"], "epoch": 1.0})
 
 
-def short_trials(storage, stamp, n, seed, slots) -> dict:
+def short_trials(storage, stamp, n, seed, slots, reuse: bool = True) -> dict:
     """Ours (the CLI, FIFO, n one-epoch MONET trials) vs Ray's stock recipe sleeping each of our
-    trials' own time, one after the other on the same Ray instance."""
-    r = run_search(storage, f"short-{stamp}", [
-        "--dataset", "toy", "--T", "5", "--family", "monet", "--seed", str(seed),
-        "--num-samples", str(n), "--max-epochs", "1", "--scheduler", "fifo",
-        "--max-concurrent", str(slots)])
+    trials' own time, one after the other on the same Ray instance; with ``reuse``, ours once
+    more with ``TuneConfig(reuse_actors=True)`` (Ray 2.60's default is False: a new worker
+    process per trial), the change recommended for ``build_tuner``."""
+    args = ["--dataset", "toy", "--T", "5", "--family", "monet", "--seed", str(seed),
+            "--num-samples", str(n), "--max-epochs", "1", "--scheduler", "fifo",
+            "--max-concurrent", str(slots)]
+    r = run_search(storage, f"short-{stamp}", args)
     times = [float(t) for t in r["df"]["time_total_s"].fillna(0)]
+    reuse_wall = None
+    if reuse:
+        from search import tune_monet
+        orig = tune_monet.build_tuner
+
+        def reusing(*a, **kw):
+            tuner = orig(*a, **kw)
+            tuner._local_tuner._tune_config.reuse_actors = True   # no such flag in build_tuner
+            return tuner
+
+        tune_monet.build_tuner = reusing
+        try:
+            reuse_wall = run_search(storage, f"short-reuse-{stamp}", args)["wall_s"]
+        finally:
+            tune_monet.build_tuner = orig
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -184,6 +205,11 @@ def short_trials(storage, stamp, n, seed, slots) -> dict:
           f"the same times {out['stock_sleep_wall_s']} s, ideal {out['ideal_s']} s; ours/stock "
           f"{out['ours_over_stock']} (target <= 1.1: {'met' if out['target_met'] else 'NOT met'})",
           flush=True)
+    if reuse_wall is not None:
+        out["ours_reuse_actors_wall_s"] = round(reuse_wall, 1)
+        out["ours_reuse_over_stock"] = round(reuse_wall / stock, 3)
+        print(f"  ours with reuse_actors=True: {out['ours_reuse_actors_wall_s']} s, "
+              f"{out['ours_reuse_over_stock']}x the stock recipe", flush=True)
     return out
 
 
@@ -261,6 +287,9 @@ def main(argv=None) -> int:
                    help="comparison searches to run now; the others are read from --out when "
                         "their settings match")
     p.add_argument("--samples", type=int, default=32, help="trials per comparison search")
+    p.add_argument("--family", default="monet",
+                   help="model family of the ASHA/FIFO comparison (default monet; vmnc trials "
+                        "cost about 1/20 of MONET's)")
     p.add_argument("--epochs", type=float, default=30, help="epoch budget per comparison trial")
     p.add_argument("--short-trials", type=int, default=60)
     p.add_argument("--step-runs", type=int, default=3)
@@ -277,14 +306,13 @@ def main(argv=None) -> int:
     import ray
 
     slots = 2
-    ray.init(num_cpus=slots, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=slots, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     storage = Path(a.storage)
-    common = ["--dataset", "toy", "--T", "5", "--family", "monet", "--seed", str(a.seed),
+    common = ["--dataset", "toy", "--T", "5", "--family", a.family, "--seed", str(a.seed),
               "--num-samples", str(a.samples), "--max-epochs", str(a.epochs),
               "--max-concurrent", str(slots)]
-    key = {"samples": a.samples, "epochs": a.epochs, "seed": a.seed}
+    key = {"samples": a.samples, "epochs": a.epochs, "seed": a.seed, "family": a.family}
     out = Path(a.out)
     old = json.loads(out.read_text()) if out.is_file() else {}
     load0 = os.getloadavg()
@@ -305,7 +333,7 @@ def main(argv=None) -> int:
             report["step"] = step_runs(a.step_runs)
             save()
         if a.only in (None, "parts"):
-            report["trial_parts"] = trial_parts(2 if a.quick else 10)
+            report["trial_parts"] = trial_parts(2 if a.quick else 5)
             save()
         if a.only in (None, "compare"):
             runs = {k: v for k, v in old.get("runs", {}).items()
@@ -323,6 +351,7 @@ def main(argv=None) -> int:
             rnd, fifo = runs["asha_random"], runs["fifo_random"]
             report["asha_vs_fifo"] = {
                 "sampler": "random (same configs in both searches)", "trials": a.samples,
+                "family": a.family,
                 "asha_trial_epochs": rnd["trial_epochs"], "fifo_trial_epochs": fifo["trial_epochs"],
                 "epoch_ratio": round(rnd["trial_epochs"] / fifo["trial_epochs"], 3),
                 "wall_ratio": round(rnd["wall_s"] / fifo["wall_s"], 3),
@@ -331,7 +360,8 @@ def main(argv=None) -> int:
                 "target_met": bool(rnd["trial_epochs"] <= fifo["trial_epochs"] / 3 and
                                    fifo["test_mean_acc"] - rnd["test_mean_acc"] <= 0.01)}
             v = report["asha_vs_fifo"]
-            print(f"ASHA vs FIFO ({a.samples} trials, same random configs): trial-epochs "
+            print(f"ASHA vs FIFO ({a.family}, {a.samples} trials of <= {a.epochs:g} epochs, same "
+                  f"random configs): trial-epochs "
                   f"{v['asha_trial_epochs']:g} / {v['fifo_trial_epochs']:g} = {v['epoch_ratio']} "
                   f"(target <= 0.333), wall {v['wall_ratio']}, winner test {100 * v['asha_test']:.1f}"
                   f" vs {100 * v['fifo_test']:.1f} ({v['test_gap_points']:+.2f} points, target "

@@ -35,6 +35,12 @@ validation accuracy >= the target (0.93 bits, 0.90 printed), and ours / peer rat
     python benchmarks/search_vs_peers.py --tasks bits --seeds 0
     python benchmarks/search_vs_peers.py --quick          # < 5 min: same code path, 1 seed
 
+Ray 2.60 listens on every interface of a local instance (docs/DESIGN, Known pitfalls), so the
+measurements in the README ran in a network namespace of their own, where 127.0.0.1 is the only
+address::
+
+    unshare -n sh -c 'ip link set lo up && python benchmarks/search_vs_peers.py --quick'
+
 Raw results: ``benchmarks/results/search_vs_peers/<task>/<method>_s<seed>.json`` (a saved run is
 reused only when its config matches) and ``summary.json``.
 """
@@ -586,7 +592,7 @@ def main(argv=None) -> int:
 
     import ray
     ray.init(num_cpus=SLOTS, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False, _node_ip_address="127.0.0.1")
+             log_to_driver=False)
     t_start = time.time()
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at start; {SLOTS} slots; "
