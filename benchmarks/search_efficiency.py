@@ -21,8 +21,10 @@ What it measures (every search on one local Ray instance, same seed and number o
 5. One toy MONET trial timed in-process as the trainable runs it and with one change at a time
    (no TensorBoard, a checkpoint only at the end, L=5 evaluation trajectories): what the
    overhead reductions that need ``search/`` changes would save.
-6. (``--only headline``) the default MONET search with a larger budget. Search quality against
-   other tools and tuned baselines is ``benchmarks/search_vs_peers.py``.
+6. (``--only headline``) the default MONET search with a larger budget, its winner's test
+   accuracy against our own tuned models on the same reading and seed (``bits``, seed 0: VMNC
+   92.2, MONET 90.8 at lr 2e-3; not the paper's 90.1, which is another reading). Search quality
+   against other tools, with 5-seed retrains, is ``benchmarks/search_vs_peers.py``.
 
 The search only sees validation metrics. A winner's test accuracy comes from retraining its
 best_train_config.yaml with ``test_at_end=True`` (``fit`` is deterministic on CPU, so this is the
@@ -57,6 +59,11 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 PAPER_MONET_TOY = 0.901
+# Our own tuned toy models on the same reading (bits, lr 2e-3 chosen on validation, 500 epochs;
+# README toy Table 2): the like-for-like reference for a searched winner, not the paper's 90.1
+# (the paper's reading and settings differ). 5-seed means, and seed 0 alone.
+TUNED_BITS = {"vmnc": 0.933, "monet": 0.940}
+TUNED_BITS_SEED0 = {"vmnc": 0.9216, "monet": 0.908}
 RUNS = {"asha_random": ["--sampler", "random"],
         "fifo_random": ["--scheduler", "fifo", "--sampler", "random"], "asha_tpe": []}
 DEFAULT_RUNS = ["asha_random", "fifo_random"]
@@ -393,7 +400,11 @@ def main(argv=None) -> int:
             r = run_search(storage, f"headline-{stamp}", args)
             h = summarize("headline", r, slots)
             h["paper_monet_toy"] = PAPER_MONET_TOY
-            h["meets_paper"] = bool(h.get("test_mean_acc", 0) >= PAPER_MONET_TOY)
+            # one seed's winner against our tuned models on the same reading and data draw
+            ref = TUNED_BITS_SEED0 if a.seed == 0 else None
+            h["tuned_bits_seed0"] = ref
+            h["beats_tuned_same_seed"] = (bool(h.get("test_mean_acc", 0) >= max(ref.values()))
+                                          if ref else None)
             h["budget"] = {"num_samples": a.headline_samples, "max_epochs": a.headline_epochs,
                            "trial_epochs": h["trial_epochs"], "wall_s": h["wall_s"]}
             report["headline"] = h
