@@ -230,7 +230,8 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
     import yaml
     df = pd.read_parquet(exp / "trials.parquet")
     out = {"rc": rc, "trials": int(len(df)), "exp": str(exp),
-           "train_s": _train_seconds([exp / Path(d).name for d in df["trial_dir"]])}
+           "train_s": _train_seconds([exp / Path(d).name for d in df["trial_dir"]]),
+           "epochs_by_family": _by_family(zip(df["family"], df["epochs"]))}
     best = exp / "best_config.yaml"
     if rc == 0 and best.is_file():
         b = yaml.safe_load(best.read_text())
@@ -242,6 +243,15 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
         full = trial_to_train_config(base_config(task, seed, st), _unflat(cfg)).to_dict()
         out.update(winner=_winner(full), winner_val=float(df.loc[i, f"last/{METRIC}"]),
                    rule="fallback: best last value (no full-budget trial)")
+    return out
+
+
+def _by_family(pairs) -> dict:
+    """{family: trial-epochs spent on it} from (family, epochs) pairs (None epochs: 0)."""
+    out = {}
+    for fam, ep in pairs:
+        ok = ep is not None and not (isinstance(ep, float) and math.isnan(ep))
+        out[str(fam)] = round(out.get(str(fam), 0.0) + (float(ep) if ok else 0.0), 2)
     return out
 
 
@@ -319,7 +329,10 @@ def run_ray_stock(task, seed, st, storage, budget: Budget, data, space) -> dict:
                 os.environ[k] = v
     best = grid.get_best_result()
     cfg = trial_to_train_config(base, _unflat(flatten_dict(dict(best.config), delimiter="/")))
+    fams = [((r.config or {}).get("family") or TASKS[task][1], (r.metrics or {}).get("epoch"))
+            for r in grid]
     return {"trials": len(grid), "winner": _winner(cfg.to_dict()),
+            "epochs_by_family": _by_family(fams),
             "winner_val": float(best.metrics[METRIC]), "rule": "get_best_result (last result)",
             "train_s": _train_seconds([r.path for r in grid if r.path])}
 
@@ -363,7 +376,10 @@ def run_optuna(task, seed, st, budget: Budget, data, space) -> dict:
                    callbacks=[lambda s, t: s.stop() if budget.exhausted() else None])
     bt = study.best_trial
     cfg = trial_to_train_config(base, {**bt.params, **bt.user_attrs["fixed"]}).to_dict()
+    fams = [(t.params.get("family", TASKS[task][1]), budget.last.get(f"o{t.number}"))
+            for t in study.trials]
     return {"trials": len(study.trials), "winner": _winner(cfg), "winner_val": float(bt.value),
+            "epochs_by_family": _by_family(fams),
             "rule": "study.best_trial (COMPLETE trials)", "train_s": round(train_s[0], 2)}
 
 
@@ -405,6 +421,7 @@ def run_grid(task, seed, st, budget: Budget, pool) -> dict:
     budget.events = fixed
     i = max(range(len(res)), key=lambda j: res[j]["val"])
     return {"trials": len(pts), "winner": _winner(pts[i]), "winner_val": res[i]["val"],
+            "epochs_by_family": _by_family((p["family"], st["epochs"]) for p in pts),
             "rule": "best final val", "train_s": round(sum(r["train_s"] for r in res), 2),
             "grid": [dict(_winner(p), val=r["val"]) for p, r in zip(pts, res)]}
 
@@ -518,6 +535,9 @@ def summarize(task, runs: dict) -> dict:
                                    else r["wall_s"] for r in rs]),
             "overhead": _mean([r["overhead_outside_train"] for r in rs]),
             "winner_families": fam,
+            "epochs_by_family": {f: _mean([r.get("epochs_by_family", {}).get(f, 0.0) for r in rs])
+                                 for f in sorted({f for r in rs
+                                                  for f in r.get("epochs_by_family", {})})},
             "identity": (sum(r.get("identity", 0) for r in rs),
                          sum(len(r["retrain"]) for r in rs)),
         }
@@ -533,6 +553,10 @@ def summarize(task, runs: dict) -> dict:
     return out
 
 
+def _f(v, width) -> str:
+    return f"{v:{width}.2f}" if isinstance(v, (int, float)) else f"{'-':>{width}s}"
+
+
 def print_table(task, summ, target) -> None:
     print(f"\n{task}: toy T=5, reading {TASKS[task][0]}, family {TASKS[task][1]}, "
           f"validation target {target}")
@@ -543,12 +567,15 @@ def print_table(task, summ, target) -> None:
         fam = ",".join(f"{k}x{v}" for k, v in s["winner_families"].items())
         idn = f" identity {s['identity'][0]}/{s['identity'][1]}" if s["identity"][1] and \
             "monet" in s["winner_families"] else ""
+        if len(s.get("epochs_by_family", {})) > 1:
+            fam += " | trial-epochs " + ", ".join(f"{k} {v:g}" for k, v in
+                                                   s["epochs_by_family"].items())
         print(f"{m:12s} {100 * s['test_mean']:8.1f} +- {100 * s['test_std']:3.1f} "
               f"{s['winner_val']:6.3f} {s['trial_epochs']:9.1f} {s['wall_s']:7.0f} "
               f"{s['reach_epochs']:10.1f} {s['reach_wall_s']:9.0f} "
               f"{s['reached']:>3d}/{s['seeds']:<3d} "
-              f"{s.get('ours_minus_peer_points', 0):9.2f} {s.get('reach_epochs_ratio') or 0:8.2f} "
-              f"{s.get('wall_ratio', 1):10.2f}  {fam}{idn}")
+              f"{_f(s.get('ours_minus_peer_points'), 9)} {_f(s.get('reach_epochs_ratio'), 8)} "
+              f"{_f(s.get('wall_ratio'), 10)}  {fam}{idn}")
 
 
 def targets(task, summ) -> dict:
