@@ -280,8 +280,10 @@ def step_runs(n_runs: int) -> dict:
              r["bp4d_ratio_to_floor"] and r["bp4d_ratio_to_floor"] <= 1.5 for r in runs)
     print(f"step targets (toy >= 10x loop, BP4D <= 1.5x floor) on all {n_runs} runs: "
           f"{'met' if ok else 'NOT met'}: toy " +
-          ", ".join(f"{r['toy_speedup_vs_loop']:.1f}x" for r in runs) + "; BP4D " +
-          ", ".join(f"{r['bp4d_ratio_to_floor']:.2f}" for r in runs), flush=True)
+          ", ".join(f"{r['toy_speedup_vs_loop']:.1f}x" if r["toy_speedup_vs_loop"] else "failed"
+                    for r in runs) + "; BP4D " +
+          ", ".join(f"{r['bp4d_ratio_to_floor']:.2f}" if r["bp4d_ratio_to_floor"] else "failed"
+                    for r in runs), flush=True)
     return {"runs": runs, "target_met": ok}
 
 
