@@ -93,6 +93,12 @@ class TrainConfig:
     warmup_loss: str = _f("mixture", "monet, during warmup: 'mixture' (eq. 18 with pi frozen) or "
                           "'mean' (every kept order trained with equal weight)",
                           choices=("mixture", "mean"))
+    order_temp_final: float = _f(1.0, "monet: temperature tau of pi = softmax(u / tau) at the "
+                                 "end of training; < 1 sharpens pi late (1: off, the paper's pi)",
+                                 lo=0, lo_open=True, hi=BIG)
+    order_anneal_start: float = _f(0.5, "monet: share of training after which tau anneals "
+                                   "geometrically from 1 to order_temp_final", lo=0, hi=1,
+                                   hi_open=True)
     L: int = _f(20, "mrnn/monet: inference trajectories", lo=1, hi=BIG)
     order: Optional[list] = _f(None, "oracle / mrnn: the task order (0-based indices); None: "
                                "seeded random")

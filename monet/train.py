@@ -244,6 +244,27 @@ class Optimizers:
 
 
 # ---------------------------------------------------------------------------------- one round
+def order_temperature(config: TrainConfig, step: float, total_steps: int) -> float:
+    """MONET's order temperature tau at ``step``: 1 until ``order_anneal_start`` of training,
+    then geometric from 1 to ``order_temp_final`` at the last step (1 throughout by default).
+
+    Example:
+        >>> c = TrainConfig(order_temp_final=0.01, order_anneal_start=0.5)
+        >>> [round(order_temperature(c, s, 100), 3) for s in (0, 50, 75, 100)]
+        [1.0, 1.0, 0.1, 0.01]
+    """
+    final = float(config.order_temp_final)
+    start = float(config.order_anneal_start) * total_steps
+    if final == 1.0 or step <= start:
+        return 1.0
+    return final ** min(1.0, (step - start) / max(1.0, total_steps - start))
+
+
+def _set_order_temperature(model, config: TrainConfig, step: float, total_steps: int) -> None:
+    if getattr(model, "order_logits", None) is not None:
+        model.order_temperature = order_temperature(config, step, total_steps)
+
+
 def train_round(model, data: DataBundle, config: TrainConfig, plan: StepPlan, optim: Optimizers,
                 weights: torch.Tensor, gen: torch.Generator, step: int, device) -> tuple:
     """Train from ``step`` to the end of its round; returns ``(step, train metrics)``.
@@ -262,6 +283,7 @@ def train_round(model, data: DataBundle, config: TrainConfig, plan: StepPlan, op
         x, y, m = (v.to(device) for v in _fetch(data.train, perm[a:b]))
         if data.prepare is not None:
             x = data.prepare(x, True, gen)
+        _set_order_temperature(model, config, step, plan.total_steps)
         out = (model(x, y, mask=m, generator=gen) if hasattr(model, "order_logits")
                else model(x, y, mask=m))
         loss, parts = compute_loss(model, out, y, m, data.spec, weights, config,
@@ -284,6 +306,7 @@ def train_round(model, data: DataBundle, config: TrainConfig, plan: StepPlan, op
         for k in sums:
             sums[k] += float(parts[k].detach()) * len(y) if k in parts else 0.0
         n_seen += len(y)
+    _set_order_temperature(model, config, step, plan.total_steps)   # for the evaluation
     n_seen = max(n_seen, 1)
     metrics = {"train/loss": sums["loss"] / n_seen, "train/nll": sums["nll"] / n_seen}
     if config.dice_lambda > 0:
@@ -448,6 +471,7 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
             progress = {"step": 0, "round": 0, "best": None, "last": {}}
             torch.manual_seed(int(c.seed) + 2)
         step, last, train_seconds = progress["step"], progress["last"], 0.0
+        _set_order_temperature(model, c, step, plan.total_steps)
         while step < plan.total_steps:
             t0 = time.perf_counter()
             step, train_metrics = train_round(model, data, c, plan, optim, weights, gen, step, device)

@@ -296,14 +296,21 @@ def make_storage(url: Optional[str]):
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def make_sampler(kind: str, seed: int, n_startup_trials: int):
-    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials; ``multivariate=True,
-    group=True`` so that conditional parameters, k on M, mixup_alpha on mixup, the mtca
-    temperatures on weighting, are sampled jointly) or ``random`` (seeded)."""
+def make_sampler(kind: str, seed: int, n_startup_trials: int, multivariate: bool = True):
+    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials) or ``random`` (seeded).
+
+    ``multivariate=True`` (the default) gives ``TPESampler(multivariate=True, group=True)``, so
+    that conditional parameters (k on M, mixup_alpha on mixup, the mtca temperatures on
+    weighting) are sampled jointly within their group instead of independently (an experimental
+    Optuna feature; ``benchmarks/search_vs_peers.py --methods ours ours_mv`` compares them).
+    """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():       # multivariate/group are flagged experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
-                                          n_startup_trials=n_startup_trials,
-                                          multivariate=True, group=True)
+    if multivariate:
+        with warnings.catch_warnings():       # multivariate/group are flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                              n_startup_trials=n_startup_trials,
+                                              multivariate=True, group=True)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                      n_startup_trials=n_startup_trials)

@@ -194,6 +194,10 @@ class MultiOrderNet(MultiTaskModel):
         self.register_buffer("orders", orders)
         # Order logits u (eq. 18); a parameter only when there is something to select.
         self.order_logits = nn.Parameter(torch.zeros(M)) if M > 1 else None
+        # Temperature tau of the order selector, pi = softmax(u / tau), in training (eq. 25) and
+        # inference alike; 1 is the paper's pi. The training loop anneals it when asked
+        # (TrainConfig.order_temp_final); not saved in the state dict (the loop sets it).
+        self.order_temperature = 1.0
         self._trie = _Trie(orders)
         self._trie_device = torch.device("cpu")
 
@@ -207,10 +211,10 @@ class MultiOrderNet(MultiTaskModel):
         return [self.order_logits] if self.order_logits is not None else []
 
     def pi(self) -> torch.Tensor:
-        """Order selector pi = softmax(u) (eq. 26), ``[M]``."""
+        """Order selector pi = softmax(u / tau) (eq. 26; tau = 1 unless annealed), ``[M]``."""
         if self.order_logits is None:
             return torch.ones(1, device=self.orders.device)
-        return torch.softmax(self.order_logits.detach(), dim=0)
+        return torch.softmax(self.order_logits.detach() / self.order_temperature, dim=0)
 
     def soft_order(self) -> torch.Tensor:
         """Omega = sum_m pi_m M_sigma_m (eq. 12), ``[T, T]``: row = step, column = task."""
@@ -374,7 +378,8 @@ class MultiOrderNet(MultiTaskModel):
         if self.order_logits is None:
             log_w = by_step.new_zeros(B, K)
         else:
-            log_w = torch.log_softmax(self.order_logits[kept], dim=1)        # log pi~ (eq. 25)
+            log_w = torch.log_softmax(self.order_logits[kept] / self.order_temperature,
+                                      dim=1)                                 # log pi~ (eq. 25)
         return ModelOutput(self.full_logits(logits, h0), log_w)
 
     # ------------------------------------------------------------------ inference

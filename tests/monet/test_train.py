@@ -135,3 +135,28 @@ def test_warmup_loss_mean_trains_every_kept_order_equally():
     assert float(loss) == pytest.approx(float(-torch.logsumexp(log_w[0] - nll, 0)))
     with pytest.raises(ConfigError, match="warmup_loss"):
         TrainConfig.from_dict({"warmup_loss": "nope"})
+
+
+def test_order_temperature_default_off_and_annealed_to_final():
+    from monet.train import order_temperature
+
+    off = TrainConfig(**SMALL, family="monet", M=6, k=4, warmup=0, epochs=2)
+    assert {order_temperature(off, s, 12) for s in range(13)} == {1.0}
+    c = off.replace(order_temp_final=0.01, order_anneal_start=0.5)
+    taus = [order_temperature(c, s, 12) for s in range(13)]
+    assert taus[:7] == [1.0] * 7 and taus[-1] == pytest.approx(0.01)
+    assert taus[9] == pytest.approx(0.1)                      # geometric: halfway, sqrt(0.01)
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
+    data = load_dataset(c)
+    plain = fit(off, data)["model"]                           # the default: the paper's pi
+    assert plain.order_temperature == 1.0
+    assert torch.equal(plain.pi(), torch.softmax(plain.order_logits.detach(), dim=0))
+    sharp = fit(c, data)["model"]
+    assert sharp.order_temperature == pytest.approx(0.01)
+    u = sharp.order_logits.detach()
+    assert torch.allclose(sharp.pi(), torch.softmax(u / 0.01, dim=0))
+    assert float(sharp.pi().max()) > float(torch.softmax(u, dim=0).max())
+    with pytest.raises(ConfigError, match="order_temp_final"):
+        c.replace(order_temp_final=0.0)
+    with pytest.raises(ConfigError, match="order_anneal_start"):
+        c.replace(order_anneal_start=1.0)
