@@ -142,3 +142,15 @@ def test_registries_share_one_error_text():
         create_model(TrainConfig(family="nope"), TaskSpec.binary("ab"), (2,))
     with pytest.raises(ConfigError, match=r"backbone: unknown backbone 'nope_net'"):
         create_encoder("nope_net", (3, 32, 32))
+
+
+def test_no_merge_conflict_markers_left():
+    bad = []
+    for p in ROOT.rglob("*"):
+        if any(part in (".git", ".venv", "results", "__pycache__") for part in p.parts) \
+                or not p.is_file() or p.suffix not in (".py", ".md", ".yaml", ".yml", ".toml", ".sh"):
+            continue
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+            if line.startswith(("<<<<<<< ", ">>>>>>> ")):
+                bad.append(f"{p.relative_to(ROOT)}:{i}")
+    assert not bad, bad
