@@ -36,6 +36,7 @@ from search.settings import DATA_FLAGS, SearchSettings, TrialRuntime  # noqa: E4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 1
+EXIT_SIGTERM = 128 + 15
 
 # defaults of the no-argument run: a small MONET search on toy data that takes a few minutes
 DEFAULTS = dict(dataset="toy", family="monet", T=5, num_samples=16, max_epochs=30.0,
@@ -263,9 +264,72 @@ def start_ray(address, num_cpus):
             raise BadInput(f"--address: cannot connect to the Ray cluster at {address}: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
+        _start_local_ray(num_cpus)
     return True
+
+
+_LOCAL = {}   # the guards of the local Ray instance start_ray started (see search/ray_guard.py)
+
+
+def _start_local_ray(num_cpus) -> None:
+    """A local instance on 127.0.0.1 with a token of its own, a watchdog that ends its
+    processes when this driver ends however it ends, and SIGTERM handled as a Ctrl+C (Tune
+    saves the experiment, then Ray is shut down)."""
+    import signal
+
+    import ray
+    from search.ray_guard import private_token_env, session_dir_of_ray, start_watchdog
+
+    token = private_token_env()
+    token.__enter__()
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False, _node_ip_address="127.0.0.1")
+        session = session_dir_of_ray()
+        _LOCAL.update(token=token, watchdog=start_watchdog(session) if session else None)
+    except BaseException:
+        token.__exit__(None, None, None)
+        raise
+    try:
+        _LOCAL["sigterm"] = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:          # not the main thread: no signal handling
+        pass
+
+
+def _on_sigterm(signum, frame):
+    import signal
+
+    if _LOCAL.get("terminated"):            # a second SIGTERM: stop now
+        raise SystemExit(128 + signum)
+    _LOCAL["terminated"] = True
+    print("stopping: SIGTERM received; the experiment is saved and can be continued with "
+          "--resume", file=sys.stderr)
+    signal.raise_signal(signal.SIGINT)      # Tune's graceful stop (or KeyboardInterrupt)
+
+
+def stop_ray() -> None:
+    """Shut down what :func:`start_ray` started; for a local instance, also the watchdog, the
+    SIGTERM handler and the search's token (the environment is as it was before)."""
+    import signal
+
+    import ray
+
+    try:
+        ray.shutdown()
+    finally:
+        if _LOCAL.get("watchdog") is not None:
+            _LOCAL["watchdog"].close()
+        if "sigterm" in _LOCAL:
+            try:
+                signal.signal(signal.SIGTERM, _LOCAL["sigterm"])
+            except ValueError:
+                pass
+        if _LOCAL.get("token") is not None:
+            _LOCAL["token"].__exit__(None, None, None)
+        terminated = _LOCAL.get("terminated")
+        _LOCAL.clear()
+        if terminated:
+            _LOCAL["terminated"] = True
 
 
 # ---------------------------------------------------------------------------------- run
@@ -274,10 +338,17 @@ def run(argv=None) -> int:
     from monet.errors import MonetError
 
     try:
-        return _run(a, argv if argv is not None else sys.argv[1:])
+        rc = _run(a, argv if argv is not None else sys.argv[1:])
     except (BadInput, MonetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if not _LOCAL.pop("terminated", False):
+            raise
+        rc = 0
+    if _LOCAL.pop("terminated", False):
+        return EXIT_SIGTERM
+    return rc
 
 
 def _run(a, argv) -> int:
@@ -338,7 +409,7 @@ def _run(a, argv) -> int:
         return summarize(s, grid, exp, storage)
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
 
 
 def _saved_argv(exp: Path) -> list:
