@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     g.add_argument("--n-startup-trials", type=int, default=None,
                    help="random trials before TPE (default: num-samples/4, 3..10)")
+    g.add_argument("--tpe-history", type=int, default=1000,
+                   help="TPE looks at the best trials and the latest N finished ones, so that "
+                        "suggestions do not slow down as the study grows (0: all; default 1000)")
     g.add_argument("--max-concurrent", type=int, default=None,
                    help="trials at once (default: what the cluster's CPUs/GPUs allow)")
     g.add_argument("--time-budget", type=float, default=None, help="seconds for the whole search")
@@ -164,6 +167,8 @@ def resolve(a) -> SearchSettings:
         raise BadInput(f"--time-budget: got {a.time_budget}; expected seconds > 0")
     if a.trial_timeout is not None and not a.trial_timeout > 0:
         raise BadInput(f"--trial-timeout: got {a.trial_timeout}; expected seconds > 0")
+    if a.tpe_history < 0:
+        raise BadInput(f"--tpe-history: got {a.tpe_history}; expected >= 0 (0: all trials)")
     if a.warm_start_top < 1:
         raise BadInput(f"--warm-start-top: got {a.warm_start_top}; expected >= 1")
     grace = a.grace_period
@@ -190,7 +195,7 @@ def resolve(a) -> SearchSettings:
         num_samples=a.num_samples, max_epochs=float(a.max_epochs),
         eval_every=float(a.eval_every), grace_period=float(grace),
         reduction_factor=float(a.reduction_factor), scheduler=a.scheduler, sampler=a.sampler,
-        n_startup_trials=n_startup, max_concurrent=a.max_concurrent, time_budget=a.time_budget,
+        n_startup_trials=n_startup, tpe_history=a.tpe_history, max_concurrent=a.max_concurrent, time_budget=a.time_budget,
         seed=a.seed, optuna_storage=absolute_storage_url(a.optuna_storage),
         cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
         max_failures=a.max_failures, storage_path=storage, name=name,
@@ -616,7 +621,7 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
         return tuner
     searcher = BudgetHonestOptunaSearch(
         space, metric=s.metric, mode=s.mode,
-        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials),
+        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials, s.tpe_history),
         storage=storage, study_name=s.name)
     if s.warm_start:
         from search.warmstart import enqueue_warm_start
