@@ -276,6 +276,9 @@ def main(argv=None) -> int:
     p.add_argument("--part", choices=("a", "b", "both"), default="both")
     p.add_argument("--trials", type=int, default=80, help="part A: one-second trials (80)")
     p.add_argument("--study-trials", type=int, default=2000, help="part B: study size (2000)")
+    p.add_argument("--study-dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
+                   help="part B: where the SQLite study and tables go (default /dev/shm: a "
+                        "disk's sync latency, a constant per commit, would hide the growth)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
@@ -296,7 +299,10 @@ def main(argv=None) -> int:
                           f"ideal {r['ideal_s']:.1f} s: ratio {r['ratio']:.2f} "
                           f"(Ray's bar {RAY_BAR:.2f}: 800 s / 625 s)", flush=True)
             if a.part in ("b", "both"):
-                r = driver_cost(a.study_trials, tmp, history=1000)
+                with tempfile.TemporaryDirectory(prefix="cluster-overhead-",
+                                                 dir=a.study_dir) as sd:
+                    r = driver_cost(a.study_trials, Path(sd), history=1000)
+                r["study_dir"] = a.study_dir
                 rec["driver"] = r
                 print(f"[run {rep + 1}] driver cost per trial, our searcher + WindowedTPE "
                       f"(history 1000) + ResultsCallback, {r['trials']} trials in "
