@@ -42,6 +42,8 @@ class PersistentASHA(ASHAScheduler):
         self.state_file = state_file
         self._stopped = set()
         self._loaded = False
+        self._resumed = False          # state was read from state_file
+        self._pruned_ghosts = False
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
@@ -76,6 +78,7 @@ class PersistentASHA(ASHAScheduler):
                             if i < len(self._brackets)}
         self._stopped = set(st.get("stopped", []))
         self._num_stopped = int(st.get("num_stopped", 0))
+        self._resumed = True
         return True
 
     def save(self, checkpoint_path: Optional[str] = None) -> None:
@@ -99,8 +102,33 @@ class PersistentASHA(ASHAScheduler):
         super().on_trial_add(tune_controller, trial)
         self.save()
 
+    def _forget_unknown(self, tune_controller) -> None:
+        """After a resume, forget the trials Ray does not know: a trial started after Ray last
+        saved the experiment is started again under a new id (with the same configuration),
+        and the ghost's rung values would count twice."""
+        self._pruned_ghosts = True
+        try:
+            known = {t.trial_id for t in tune_controller.get_trials()}
+        except Exception:  # noqa: BLE001 - no controller (unit use): nothing to compare with
+            return
+        ghosts = (set(self._trial_info) | self._stopped) - known
+        for b in self._brackets:
+            for _, recorded in b._rungs:
+                ghosts |= set(recorded) - known
+                for tid in set(recorded) - known:
+                    del recorded[tid]
+        for tid in ghosts:
+            self._trial_info.pop(tid, None)
+        self._stopped -= ghosts
+        if ghosts:
+            logger.info("ASHA: forgot %d trial(s) the resumed experiment does not have: %s",
+                        len(ghosts), sorted(ghosts))
+            self.save()
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._ensure_loaded()
+        if self._resumed and not self._pruned_ghosts:
+            self._forget_unknown(tune_controller)
         if trial.trial_id in self._stopped:      # decided before a crash: the decision stands
             return TrialScheduler.STOP
         if trial.trial_id not in self._trial_info:
