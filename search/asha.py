@@ -20,7 +20,11 @@ import json
 import logging
 from typing import Optional
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+import math
+import time
+
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from monet.io import atomic_write_text
 
@@ -29,7 +33,65 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "asha_state.json"
 
 
-class PersistentASHA(ASHAScheduler):
+class _KnowsController:
+    """A scheduler that keeps the ``tune_controller`` Ray hands to its hooks (for
+    :class:`SaveOnTrialEnd`)."""
+
+    tune_controller = None
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self.tune_controller = tune_controller
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self.tune_controller = tune_controller
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+class SaveOnTrialEnd(Callback):
+    """Save Ray's experiment state in the loop step in which a trial ended (Ray saves it every
+    ``TUNE_GLOBAL_CHECKPOINT_S``): a driver killed in between would otherwise resume a finished
+    trial as unfinished and start it again. Forced saves are skipped while they would take more
+    than ``max_share`` of the driver's time (each writes the state of every trial), so that a
+    search of thousands of short trials stays linear; Ray's own periodic save goes on.
+
+    Args:
+        scheduler: the search's scheduler (:class:`PersistentASHA` or :class:`PersistentFIFO`),
+            through which the controller is reached.
+    """
+
+    def __init__(self, scheduler, max_share: float = 0.05):
+        self.scheduler, self.max_share = scheduler, float(max_share)
+        self._due = False
+        self._last_end, self._last_cost = -math.inf, 0.0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._due = True
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._due = True
+
+    def on_step_end(self, iteration, trials, **info):
+        controller = getattr(self.scheduler, "tune_controller", None)
+        if not self._due or controller is None:
+            return
+        if time.monotonic() - self._last_end < self._last_cost / self.max_share:
+            return
+        t0 = time.monotonic()
+        try:
+            controller.checkpoint(force=True, wait=True)
+        except Exception as e:  # noqa: BLE001 - Ray's periodic save still runs
+            logger.warning("could not save the experiment state after a trial ended: %s", e)
+        self._last_end = time.monotonic()
+        self._last_cost = self._last_end - t0
+        self._due = False
+
+
+class PersistentFIFO(_KnowsController, FIFOScheduler):
+    """``FIFOScheduler`` that lets :class:`SaveOnTrialEnd` reach the controller."""
+
+
+class PersistentASHA(_KnowsController, ASHAScheduler):
     """``ASHAScheduler`` that keeps its state in ``state_file`` (see the module docstring).
 
     Args:
@@ -97,6 +159,7 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._ensure_loaded()
+        self.tune_controller = tune_controller
         if trial.trial_id in self._trial_info:   # restored: keep its bracket
             return
         super().on_trial_add(tune_controller, trial)
@@ -127,6 +190,7 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._ensure_loaded()
+        self.tune_controller = tune_controller
         if self._resumed and not self._pruned_ghosts:
             self._forget_unknown(tune_controller)
         if trial.trial_id in self._stopped:      # decided before a crash: the decision stands
@@ -143,6 +207,7 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._ensure_loaded()
+        self.tune_controller = tune_controller
         if trial.trial_id not in self._trial_info:
             return
         super().on_trial_complete(tune_controller, trial, result)

@@ -592,10 +592,9 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"      # the classic reporter, with our columns
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.asha import STATE_FILE, PersistentASHA
+    from search.asha import STATE_FILE, PersistentASHA, PersistentFIFO, SaveOnTrialEnd
     from search.results import ExperimentFiles, ResultsCallback
     from search.searcher import BudgetedSearchGenerator, BudgetHonestOptunaSearch, make_sampler
     from search.trainable import train_trial, trial_dirname
@@ -609,9 +608,10 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
             str(exp / STATE_FILE) if exp is not None else None, time_attr="epoch",
             max_t=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
-        scheduler = FIFOScheduler()
+        scheduler = PersistentFIFO()
     callbacks = [ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset))
                  ] if exp is not None else []
+    callbacks.append(SaveOnTrialEnd(scheduler))
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:
         tuner = tune.Tuner.restore(experiment_path(s), trainable=trainable,
