@@ -218,7 +218,7 @@ def driver_cost(n_trials: int, tmp: Path, history: int, checkpoints=(100, 500, 2
         trial.set_status(Trial.TERMINATED)
         trials.append(trial)
         cb.on_trial_complete(i, trials, trial)
-        cb.on_step(i, trials)
+        cb.on_step_end(i, trials)
         per_trial.append(time.perf_counter() - t0)
         suggest_s.append(t1 - t0)
         if i + 1 in checkpoints:

@@ -146,11 +146,11 @@ class ResultsCallback(Callback):
     """Tune callback (driver side): refresh the experiment files when trials end.
 
     Rewriting the whole table costs time proportional to the number of trials, so rewriting it
-    at every trial end makes a long search quadratic. The tables are rewritten at a trial's end
-    only if the time since the last write is at least ``1 / max_share`` times what the last
-    write took (so writing takes at most ``max_share`` of the driver's time); otherwise they
-    are marked stale and written by a later event or Tune's next loop step once that time has
-    passed, and always at the experiment's end. Small searches (writes of a few milliseconds)
+    at every trial end makes a long search quadratic. The tables are rewritten at the end of the
+    loop step in which trials ended, if the time since the last write is at least
+    ``1 / max_share`` times what the last write took (so writing takes at most ``max_share`` of
+    the driver's time); otherwise at the end of a later step, once that time has passed; and
+    always at the experiment's end. Small searches (writes of a few milliseconds)
     get a table at every trial end, as before.
 
     Args:
@@ -181,18 +181,16 @@ class ResultsCallback(Callback):
         self._stale = False
         self.writes += 1
 
-    def _changed(self, trials):
-        self._stale = True
-        if self._due():
-            self._refresh(trials)
-
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._changed(trials)
+        self._stale = True
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._changed(trials)
+        self._stale = True
 
-    def on_step(self, iteration, trials, **info):
+    def on_step_end(self, iteration, trials, **info):
+        # at the end of Tune's loop step, after Ray saved the experiment state (see
+        # search.asha.SaveOnTrialEnd, placed before this callback): the table never says a trial
+        # finished before a resumed search would know it
         if self._stale and self._due():
             self._refresh(trials)
 

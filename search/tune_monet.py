@@ -609,9 +609,10 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
             max_t=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
         scheduler = PersistentFIFO()
-    callbacks = [ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset))
-                 ] if exp is not None else []
-    callbacks.append(SaveOnTrialEnd(scheduler))
+    # the state is saved before the tables are written, in the same loop step
+    callbacks = [SaveOnTrialEnd(scheduler)]
+    if exp is not None:
+        callbacks.append(ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset)))
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:
         tuner = tune.Tuner.restore(experiment_path(s), trainable=trainable,

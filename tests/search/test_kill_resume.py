@@ -107,6 +107,8 @@ def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
                   env=ENV, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
+    print("reference:", [(n, s, e) for n, _, s, e in want])
+    print("killed   :", [(n, s, e) for n, _, s, e in _decisions(exp)])
     df = pd.read_parquet(exp / "trials.parquet")
     assert len(df) == 6 and df["trial_id"].is_unique, df[["trial_id", "config/optuna_trial"]]
     assert df["config/optuna_trial"].is_unique and set(df["state"]) == {"TERMINATED"}
@@ -124,6 +126,4 @@ def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
         assert states[r["trial_id"]] == ("PRUNED" if r["stopped_early"] else "COMPLETE"), r
 
     got = _decisions(exp)
-    print("reference:", [(n, s, e) for n, _, s, e in want])
-    print("killed   :", [(n, s, e) for n, _, s, e in got])
     assert [(p, s, e) for _, p, s, e in got] == [(p, s, e) for _, p, s, e in want]

@@ -80,7 +80,7 @@ def _run(tmp_path, max_share, n=12):
     for i in range(n):
         trials.append(_trial(i))
         cb.on_trial_complete(i, trials, trials[-1])
-        cb.on_step(i, trials)
+        cb.on_step_end(i, trials)
         rows_seen.append(len(pd.read_parquet(tmp_path / "trials.parquet")))
     cb.on_experiment_end(trials)
     return cb, rows_seen
