@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,7 +122,9 @@ def bookkeeping(nodes: int, trials: int, tmp: Path) -> dict:
     from ray.tune.utils.release_test_util import function_trainable
 
     from search import tune_monet
+    from search.ray_guard import _reset_ray_token_cache
 
+    tmp.mkdir(parents=True, exist_ok=True)
     procs, saved_env = [], dict(os.environ)
     try:
         if nodes == 1:
@@ -129,6 +132,7 @@ def bookkeeping(nodes: int, trials: int, tmp: Path) -> dict:
         else:
             address, env, procs = two_node_cluster(tmp)
             os.environ.update(env)
+            _reset_ray_token_cache()
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
             deadline = time.monotonic() + 180
             while sum(n["Alive"] for n in ray.nodes()) < 2:
@@ -156,6 +160,7 @@ def bookkeeping(nodes: int, trials: int, tmp: Path) -> dict:
                 _kill_session(proc)
         os.environ.clear()
         os.environ.update(saved_env)
+        _reset_ray_token_cache()
     ideal = trials * 1.0 / cpus
     return {"nodes": nodes, "cpus": cpus, "trials": trials, "finished": ok, "wall_s": wall,
             "ideal_s": ideal, "ratio": wall / ideal, "ray_bar": RAY_BAR}
@@ -275,23 +280,35 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("a", "b", "both"), default="both")
     p.add_argument("--trials", type=int, default=80, help="part A: one-second trials (80)")
+    p.add_argument("--nodes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
+                   help="part A: node counts to compare (1,2)")
     p.add_argument("--study-trials", type=int, default=2000, help="part B: study size (2000)")
     p.add_argument("--study-dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
                    help="part B: where the SQLite study and tables go (default /dev/shm: a "
                         "disk's sync latency, a constant per commit, would hide the growth)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--no-netns", action="store_true",
+                   help="run in this network namespace (default: a new one with loopback only, "
+                        "so that Ray, which rewrites 127.0.0.1 to the machine's address, "
+                        "stays on loopback)")
+    p.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if not (a.no_netns or a.in_netns) and shutil.which("unshare") and shutil.which("ip"):
+        args = list(sys.argv[1:] if argv is None else argv) + ["--in-netns"]
+        os.execvp("unshare", ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
+                              sys.executable, str(Path(__file__).resolve())] + args)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for rep in range(a.repeat):
         rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
+               "netns": a.in_netns,
                "load_before": _load()}
         with tempfile.TemporaryDirectory(prefix="cluster-overhead-") as td:
             tmp = Path(td)
             if a.part in ("a", "both"):
                 rec["bookkeeping"] = []
-                for nodes in (1, 2):
+                for nodes in a.nodes:
                     r = bookkeeping(nodes, a.trials, tmp / f"n{nodes}")
                     rec["bookkeeping"].append(r)
                     print(f"[run {rep + 1}] bookkeeping, {nodes} node(s), {r['cpus']:g} CPUs: "

@@ -18,7 +18,8 @@ its own):
   environment is as before, the watchdog has exited, no Ray process is left.
 * Checkpoints are loaded weights-only and YAML is safe-loaded everywhere in the code.
 
-Clients connect to 127.0.0.1 only.
+The searches and the clients run in a network namespace of the test's own with loopback only
+(tests/search/netns.py): Ray rewrites a client's 127.0.0.1 to the machine's address otherwise.
 """
 import os
 import re
@@ -33,6 +34,7 @@ import pytest
 
 from conftest import CLI, REPO, TINY
 
+from netns import netns  # noqa: F401 - fixture
 from search.ray_guard import _psutil
 
 psutil = _psutil()
@@ -49,7 +51,7 @@ print("CONNECTED", sum(n["Alive"] for n in ray.nodes()))
 """
 
 
-def _start_search(tmp_path, name, epochs=300):
+def _start_search(ns, tmp_path, name, epochs=300):
     space = tmp_path / "space.yaml"
     space.write_text("batch_size: 16\n")
     args = TINY + ["--family", "vmnc", "--num-samples", "2", "--max-epochs", str(epochs),
@@ -59,7 +61,7 @@ def _start_search(tmp_path, name, epochs=300):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     log = tmp_path / f"{name}.log"
-    proc = subprocess.Popen(CLI + args, cwd=str(REPO), env=env, stdout=open(log, "w"),
+    proc = subprocess.Popen(ns.cmd(CLI + args), cwd=str(REPO), env=env, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 
@@ -154,14 +156,14 @@ def _listening(procs):
     return out
 
 
-def _client(address, env, tmp_path):
-    res = subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True,
+def _client(ns, address, env, tmp_path):
+    res = subprocess.run(ns.cmd([sys.executable, "-c", CLIENT, address]), env=env, capture_output=True,
                          text=True, timeout=300, cwd=str(tmp_path))
     return res.returncode, res.stdout + res.stderr
 
 
-def test_local_search_private_token_then_sigkill_leaves_nothing(tmp_path):
-    proc, log = _start_search(tmp_path, "guarded")
+def test_local_search_private_token_then_sigkill_leaves_nothing(tmp_path, netns):
+    proc, log = _start_search(netns, tmp_path, "guarded")
     snapshot, session = {}, None
     try:
         _wait_training(proc, tmp_path / "guarded", log)
@@ -191,11 +193,11 @@ def test_local_search_private_token_then_sigkill_leaves_nothing(tmp_path):
         token = raylet.environ().get("RAY_AUTH_TOKEN")
         assert token and len(token) >= 32 and os.environ.get("RAY_AUTH_TOKEN") != token
 
-        rc, out = _client(address, {**base, "HOME": str(empty_home)}, tmp_path)
+        rc, out = _client(netns, address, {**base, "HOME": str(empty_home)}, tmp_path)
         assert rc == 3 and "REFUSED" in out and "uthenticat" in out, out[-2000:]
-        rc, out = _client(address, {**base, "HOME": str(stale_home)}, tmp_path)
+        rc, out = _client(netns, address, {**base, "HOME": str(stale_home)}, tmp_path)
         assert rc == 3 and "REFUSED" in out and "uthenticat" in out, out[-2000:]
-        rc, out = _client(address, {**base, "HOME": str(empty_home), "RAY_AUTH_MODE": "token",
+        rc, out = _client(netns, address, {**base, "HOME": str(empty_home), "RAY_AUTH_MODE": "token",
                                     "RAY_AUTH_TOKEN": token}, tmp_path)
         assert rc == 0 and "CONNECTED 1" in out, out[-2000:]
 
@@ -218,8 +220,8 @@ def test_local_search_private_token_then_sigkill_leaves_nothing(tmp_path):
             _kill_all(_left_over(session, snapshot))
 
 
-def test_sigterm_stops_search_gracefully_and_leaves_nothing(tmp_path):
-    proc, log = _start_search(tmp_path, "termed")
+def test_sigterm_stops_search_gracefully_and_leaves_nothing(tmp_path, netns):
+    proc, log = _start_search(netns, tmp_path, "termed")
     snapshot, session = {}, None
     try:
         _wait_training(proc, tmp_path / "termed", log)

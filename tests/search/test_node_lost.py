@@ -1,6 +1,8 @@
 """A worker node lost mid-search, on a real two-node local cluster (127.0.0.1, token auth on).
 
-The head (1 CPU) and a second node (1 CPU) are started with ``ray start --block``; a search with
+The head (1 CPU) and a second node (1 CPU) are started with ``ray start --block``, inside a network
+namespace of the test's own that has only loopback (Ray rewrites 127.0.0.1 to the machine's
+address otherwise; see tests/search/netns.py); a search with
 ``--address``, ``--max-failures 2`` and 2 trials at once runs one trial on each node. When a trial
 on the second node has a checkpoint, that node's raylet is SIGKILLed (its workers die with it).
 
@@ -25,6 +27,7 @@ import pandas as pd
 
 from conftest import CLI, REPO, TINY
 
+from netns import netns  # noqa: F401 - fixture
 from search.ray_guard import _psutil
 
 psutil = _psutil()
@@ -59,6 +62,7 @@ def _node_args(p):
             "--object-manager-port", str(p[4])]
 
 
+CONNECT = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1).close()"
 NODES = r"""
 import json, sys, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
@@ -66,8 +70,8 @@ print(json.dumps([[n["NodeID"], n["Alive"], "second_node" in n["Resources"]] for
 """
 
 
-def _nodes(address, env):
-    out = subprocess.run([sys.executable, "-c", NODES, address], env=env, capture_output=True,
+def _nodes(ns, address, env):
+    out = subprocess.run(ns.cmd([sys.executable, "-c", NODES, address]), env=env, capture_output=True,
                          text=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
 
@@ -80,7 +84,7 @@ def _last_result(trial_dir):
         return None
 
 
-def test_worker_node_lost_mid_search(tmp_path):
+def test_worker_node_lost_mid_search(tmp_path, netns):
     token = secrets.token_hex(32)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")},
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -89,30 +93,31 @@ def test_worker_node_lost_mid_search(tmp_path):
     procs = []
     search = None
     try:
-        head = subprocess.Popen(
+        head = subprocess.Popen(netns.cmd(
             [RAY, "start", "--head", "--block", "--port", str(p[0]), "--include-dashboard",
-             "false", "--temp-dir", f"/tmp/rn{p[0]}"] + _node_args(p[1:6]),
+             "false", "--temp-dir", f"/tmp/rn{p[0]}"] + _node_args(p[1:6])),
             env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
         procs.append(head)
         deadline = time.monotonic() + 120
         while True:
             try:
-                socket.create_connection(("127.0.0.1", p[0]), timeout=1).close()
+                subprocess.run(netns.cmd([sys.executable, "-c", CONNECT, str(p[0])]),
+                               check=True, capture_output=True, timeout=60)
                 break
-            except OSError:
+            except subprocess.CalledProcessError:
                 assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
                 assert time.monotonic() < deadline, "head node did not start"
                 time.sleep(1)
-        second = subprocess.Popen(
+        second = subprocess.Popen(netns.cmd(
             [RAY, "start", "--block", "--address", address, "--resources",
-             '{"second_node": 1}'] + _node_args(p[6:11]),
+             '{"second_node": 1}'] + _node_args(p[6:11])),
             env=env, stdout=open(tmp_path / "second.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
         procs.append(second)
         deadline = time.monotonic() + 180
         while True:
-            nodes = _nodes(address, env)
+            nodes = _nodes(netns, address, env)
             if sum(alive for _, alive, _ in nodes) >= 2:
                 break
             assert second.poll() is None, (tmp_path / "second.log").read_text()[-2000:]
@@ -128,7 +133,7 @@ def test_worker_node_lost_mid_search(tmp_path):
                        "--max-concurrent", "2", "--max-failures", "2", "--verbose", "0",
                        "--address", address, "--storage-path", str(tmp_path), "--name", name]
         log = tmp_path / "search.log"
-        search = subprocess.Popen(CLI + args, cwd=str(REPO), env=env, stdout=open(log, "w"),
+        search = subprocess.Popen(netns.cmd(CLI + args), cwd=str(REPO), env=env, stdout=open(log, "w"),
                                   stderr=subprocess.STDOUT, start_new_session=True)
         # wait for a trial on the second node with a checkpoint behind it (round >= 2)
         deadline = time.monotonic() + 400
