@@ -80,6 +80,12 @@ class SaveOnTrialEnd(Callback):
         t0 = time.monotonic()
         try:
             controller.checkpoint(force=True, wait=True)
+            # Ray 2.60 launches the copy to the storage path in the background even when
+            # forced: wait for it, so that what the tables say next is already saved
+            manager = getattr(controller, "_checkpoint_manager", None)
+            syncer = getattr(getattr(manager, "_storage", None), "syncer", None)
+            if syncer is not None:
+                syncer.wait()
         except Exception as e:  # noqa: BLE001 - Ray's periodic save still runs
             logger.warning("could not save the experiment state after a trial ended: %s", e)
         self._last_end = time.monotonic()

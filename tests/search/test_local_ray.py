@@ -38,7 +38,7 @@ from netns import netns  # noqa: F401 - fixture
 from search.ray_guard import _psutil
 
 psutil = _psutil()
-LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")   # ss writes all interfaces as * or ::
 
 CLIENT = r"""
 import sys, ray
@@ -143,17 +143,20 @@ def _kill_all(procs):
             pass
 
 
-def _listening(procs):
-    """(process name, ip, port) of every listening TCP socket of ``procs``."""
-    out = []
-    for p in procs.values():
-        try:
-            for c in p.net_connections(kind="inet"):
-                if c.status == psutil.CONN_LISTEN:
-                    out.append((p.name(), c.laddr.ip, c.laddr.port))
-        except psutil.Error:
-            pass
-    return out
+def _listening(ns, procs):
+    """(process name, ip, port) of every listening TCP socket of ``procs``, from ``ss -ltnp`` run
+    in their network namespace (psutil reads the sockets of the caller's namespace)."""
+    out = subprocess.run(ns.cmd(["ss", "-Hltnp"]), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    found = []
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        local = parts[3]
+        ip, _, port = local.rpartition(":")
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            if int(pid) in procs:
+                found.append((procs[int(pid)].name(), ip.strip("[]"), int(port)))
+    return found
 
 
 def _client(ns, address, env, tmp_path):
@@ -173,7 +176,7 @@ def test_local_search_private_token_then_sigkill_leaves_nothing(tmp_path, netns)
         assert any(n.startswith("ray::") for n in names), names      # agents, the trial's worker
 
         # -- sockets: what listens, and where
-        listening = _listening(snapshot)
+        listening = _listening(netns, snapshot)
         print("listening sockets of the search's Ray processes:", listening)
         gcs = [port for name, ip, port in listening if name == "gcs_server"]
         assert gcs, listening
