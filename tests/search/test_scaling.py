@@ -94,3 +94,11 @@ def test_results_callback_throttles_and_always_writes_at_the_end(tmp_path):
     cb, seen = _run(tmp_path / "rare", max_share=1e-12)
     assert seen == [1] * 12 and cb.writes == 2                # the first trial end, the end
     assert len(pd.read_parquet(tmp_path / "rare" / "trials.parquet")) == 12
+
+
+def test_tpe_history_flag_refuses_a_negative_value():
+    from conftest import TINY, run_cli
+
+    res = run_cli(TINY + ["--family", "vmnc", "--tpe-history", "-1", "--num-samples", "1"])
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "--tpe-history" in res.stderr, res.stderr
