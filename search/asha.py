@@ -52,18 +52,26 @@ class SaveOnTrialEnd(Callback):
     """Save Ray's experiment state in the loop step in which a trial ended (Ray saves it every
     ``TUNE_GLOBAL_CHECKPOINT_S``): a driver killed in between would otherwise resume a finished
     trial as unfinished and start it again. Forced saves are skipped while they would take more
-    than ``max_share`` of the driver's time (each writes the state of every trial), so that a
-    search of thousands of short trials stays linear; Ray's own periodic save goes on.
+    than ``max_share`` of the driver's time and the last one took over ``always_below_s`` (each
+    writes the state of every trial), so that a search of thousands of short trials stays
+    linear; Ray's own periodic save goes on. :attr:`pending` is True while a trial's end is not
+    saved yet (the tables wait for it: see ``search.results.ResultsCallback``).
 
     Args:
         scheduler: the search's scheduler (:class:`PersistentASHA` or :class:`PersistentFIFO`),
             through which the controller is reached.
     """
 
+    always_below_s = 1.0     # a save that takes less than this is never skipped
+
     def __init__(self, scheduler, max_share: float = 0.05):
         self.scheduler, self.max_share = scheduler, float(max_share)
         self._due = False
         self._last_end, self._last_cost = -math.inf, 0.0
+
+    @property
+    def pending(self) -> bool:
+        return self._due
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._due = True
@@ -75,7 +83,8 @@ class SaveOnTrialEnd(Callback):
         controller = getattr(self.scheduler, "tune_controller", None)
         if not self._due or controller is None:
             return
-        if time.monotonic() - self._last_end < self._last_cost / self.max_share:
+        if self._last_cost > self.always_below_s and \
+                time.monotonic() - self._last_end < self._last_cost / self.max_share:
             return
         t0 = time.monotonic()
         try:

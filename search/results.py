@@ -156,10 +156,14 @@ class ResultsCallback(Callback):
     Args:
         files: the experiment's :class:`ExperimentFiles`.
         max_share: the largest share of the driver's time spent writing tables.
+        after: an object whose ``pending`` is True while trial ends are not saved in Ray's
+            experiment state yet; the tables wait for it (they never say a trial finished
+            before a resumed search would know it).
     """
 
-    def __init__(self, files: ExperimentFiles, max_share: float = 0.05):
+    def __init__(self, files: ExperimentFiles, max_share: float = 0.05, after=None):
         self.files = files
+        self.after = after          # e.g. search.asha.SaveOnTrialEnd: wait while it is pending
         self.best = None
         self.max_share = float(max_share)
         self.writes = 0
@@ -191,7 +195,7 @@ class ResultsCallback(Callback):
         # at the end of Tune's loop step, after Ray saved the experiment state (see
         # search.asha.SaveOnTrialEnd, placed before this callback): the table never says a trial
         # finished before a resumed search would know it
-        if self._stale and self._due():
+        if self._stale and self._due() and not getattr(self.after, "pending", False):
             self._refresh(trials)
 
     def on_experiment_end(self, trials, **info):

@@ -612,7 +612,8 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     # the state is saved before the tables are written, in the same loop step
     callbacks = [SaveOnTrialEnd(scheduler)]
     if exp is not None:
-        callbacks.append(ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset)))
+        callbacks.append(ResultsCallback(ExperimentFiles(exp, s.metric, s.mode, base, s.dataset),
+                                         after=callbacks[0]))
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:
         tuner = tune.Tuner.restore(experiment_path(s), trainable=trainable,

@@ -4,7 +4,8 @@ The head (1 CPU) and a second node (1 CPU) are started with ``ray start --block`
 namespace of the test's own that has only loopback (Ray rewrites 127.0.0.1 to the machine's
 address otherwise; see tests/search/netns.py); a search with
 ``--address``, ``--max-failures 2`` and 2 trials at once runs one trial on each node. When a trial
-on the second node has a checkpoint, that node's raylet is SIGKILLed (its workers die with it).
+on the second node has a checkpoint, that node's raylet is SIGKILLed with the processes it
+started (agents, workers): the node is lost.
 
 Checked: the search ends normally; every trial is TERMINATED (none lost), once in
 ``trials.parquet`` and once in the Optuna study (COMPLETE, told once); a trial that was on the
@@ -150,7 +151,13 @@ def test_worker_node_lost_mid_search(tmp_path, netns):
         raylets = [c for c in psutil.Process(second.pid).children(recursive=True)
                    if c.name() == "raylet"]
         assert len(raylets) == 1, raylets
-        raylets[0].kill()                      # the second node is lost
+        # the second node is lost: its raylet and what it started (agents, the trial's worker,
+        # which would otherwise finish its trial before noticing)
+        for proc in [raylets[0]] + raylets[0].children(recursive=True):
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
 
         rc = search.wait(timeout=600)
         text = log.read_text()
