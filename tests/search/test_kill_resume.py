@@ -8,7 +8,8 @@ its watchdog ends its Ray processes, as it would for a user.
 Checked after the last resume:
 * ``trials.parquet`` has each trial once and each Optuna trial once (6 rows), all TERMINATED;
 * a trial that had finished (TERMINATED in ``trials.csv``) before a kill never started again
-  (its ``attempts.jsonl`` has one line);
+  (its ``attempts.jsonl`` has as many lines at the end as when it finished: a trial that was
+  mid-run at a kill continues from its checkpoint, one more line, and is then done);
 * every trial that finished full-budget in the study is COMPLETE once, every stopped one PRUNED
   once, nothing is left RUNNING;
 * ASHA's decisions match the never-killed search: the same configurations in the same order, and
@@ -60,6 +61,11 @@ def _finished(exp):
     return set(df[df["state"] == "TERMINATED"]["trial_id"])
 
 
+def _attempts(exp, tid):
+    """Starts of a trial so far (lines of its attempts.jsonl)."""
+    return len((exp / f"trial_{tid}" / "attempts.jsonl").read_text().splitlines())
+
+
 def _decisions(exp):
     df = pd.read_parquet(exp / "trials.parquet").sort_values("config/optuna_trial")
     params = [c for c in df.columns if c.startswith("config/") and c != "config/optuna_trial"]
@@ -78,7 +84,7 @@ def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
     name, exp = "killed", tmp_path / "killed"
     args = _args(tmp_path, name)
     env = {**os.environ, **ENV}
-    finished_before_a_kill, kills = set(), []
+    finished_before_a_kill, kills = {}, []
     for i, k in enumerate(moments):
         argv = args if i == 0 else ["--resume", "--storage-path", str(tmp_path), "--name", name,
                                     "--verbose", "0"]
@@ -91,7 +97,8 @@ def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
                 assert time.monotonic() < deadline, f"round {k} never reached"
                 time.sleep(0.1)
             assert proc.poll() is None, (tmp_path / f"run{i}.log").read_text()[-3000:]
-            finished_before_a_kill |= _finished(exp)
+            for tid in _finished(exp):      # attempts so far of each finished trial
+                finished_before_a_kill.setdefault(tid, _attempts(exp, tid))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             kills.append((k, _rounds(exp)))
@@ -112,9 +119,8 @@ def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
     df = pd.read_parquet(exp / "trials.parquet")
     assert len(df) == 6 and df["trial_id"].is_unique, df[["trial_id", "config/optuna_trial"]]
     assert df["config/optuna_trial"].is_unique and set(df["state"]) == {"TERMINATED"}
-    for tid in finished_before_a_kill:
-        lines = (exp / f"trial_{tid}" / "attempts.jsonl").read_text().splitlines()
-        assert len(lines) == 1, f"finished trial {tid} started again: {lines}"
+    for tid, n in finished_before_a_kill.items():
+        assert _attempts(exp, tid) == n, f"finished trial {tid} started again after it finished"
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'study.db'}")
     told = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
