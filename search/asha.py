@@ -22,7 +22,11 @@ import json
 import logging
 from typing import Optional
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+import math
+import time
+
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.storage import ExperimentStore, base_name, parent_location
 
@@ -31,7 +35,80 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "asha_state.json"
 
 
-class PersistentASHA(ASHAScheduler):
+class _KnowsController:
+    """A scheduler that keeps the ``tune_controller`` Ray hands to its hooks (for
+    :class:`SaveOnTrialEnd`)."""
+
+    tune_controller = None
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self.tune_controller = tune_controller
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self.tune_controller = tune_controller
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+class SaveOnTrialEnd(Callback):
+    """Save Ray's experiment state in the loop step in which a trial ended (Ray saves it every
+    ``TUNE_GLOBAL_CHECKPOINT_S``): a driver killed in between would otherwise resume a finished
+    trial as unfinished and start it again. Forced saves are skipped while they would take more
+    than ``max_share`` of the driver's time and the last one took over ``always_below_s`` (each
+    writes the state of every trial), so that a search of thousands of short trials stays
+    linear; Ray's own periodic save goes on. :attr:`pending` is True while a trial's end is not
+    saved yet (the tables wait for it: see ``search.results.ResultsCallback``).
+
+    Args:
+        scheduler: the search's scheduler (:class:`PersistentASHA` or :class:`PersistentFIFO`),
+            through which the controller is reached.
+    """
+
+    always_below_s = 1.0     # a save that takes less than this is never skipped
+
+    def __init__(self, scheduler, max_share: float = 0.05):
+        self.scheduler, self.max_share = scheduler, float(max_share)
+        self._due = False
+        self._last_end, self._last_cost = -math.inf, 0.0
+
+    @property
+    def pending(self) -> bool:
+        return self._due
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._due = True
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._due = True
+
+    def on_step_end(self, iteration, trials, **info):
+        controller = getattr(self.scheduler, "tune_controller", None)
+        if not self._due or controller is None:
+            return
+        if self._last_cost > self.always_below_s and \
+                time.monotonic() - self._last_end < self._last_cost / self.max_share:
+            return
+        t0 = time.monotonic()
+        try:
+            controller.checkpoint(force=True, wait=True)
+            # Ray 2.60 launches the copy to the storage path in the background even when
+            # forced: wait for it, so that what the tables say next is already saved
+            manager = getattr(controller, "_checkpoint_manager", None)
+            syncer = getattr(getattr(manager, "_storage", None), "syncer", None)
+            if syncer is not None:
+                syncer.wait()
+        except Exception as e:  # noqa: BLE001 - Ray's periodic save still runs
+            logger.warning("could not save the experiment state after a trial ended: %s", e)
+        self._last_end = time.monotonic()
+        self._last_cost = self._last_end - t0
+        self._due = False
+
+
+class PersistentFIFO(_KnowsController, FIFOScheduler):
+    """``FIFOScheduler`` that lets :class:`SaveOnTrialEnd` reach the controller."""
+
+
+class PersistentASHA(_KnowsController, ASHAScheduler):
     """``ASHAScheduler`` that keeps its state in ``state_file`` (see the module docstring).
 
     Args:
@@ -45,6 +122,8 @@ class PersistentASHA(ASHAScheduler):
         self.state_file = state_file
         self._stopped = set()
         self._loaded = False
+        self._resumed = False          # state was read from state_file
+        self._pruned_ghosts = False
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
@@ -78,6 +157,7 @@ class PersistentASHA(ASHAScheduler):
                             if i < len(self._brackets)}
         self._stopped = set(st.get("stopped", []))
         self._num_stopped = int(st.get("num_stopped", 0))
+        self._resumed = True
         return True
 
     def save(self, checkpoint_path: Optional[str] = None) -> None:
@@ -104,13 +184,40 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._ensure_loaded()
+        self.tune_controller = tune_controller
         if trial.trial_id in self._trial_info:   # restored: keep its bracket
             return
         super().on_trial_add(tune_controller, trial)
         self.save()
 
+    def _forget_unknown(self, tune_controller) -> None:
+        """After a resume, forget the trials Ray does not know: a trial started after Ray last
+        saved the experiment is started again under a new id (with the same configuration),
+        and the ghost's rung values would count twice."""
+        self._pruned_ghosts = True
+        try:
+            known = {t.trial_id for t in tune_controller.get_trials()}
+        except Exception:  # noqa: BLE001 - no controller (unit use): nothing to compare with
+            return
+        ghosts = (set(self._trial_info) | self._stopped) - known
+        for b in self._brackets:
+            for _, recorded in b._rungs:
+                ghosts |= set(recorded) - known
+                for tid in set(recorded) - known:
+                    del recorded[tid]
+        for tid in ghosts:
+            self._trial_info.pop(tid, None)
+        self._stopped -= ghosts
+        if ghosts:
+            logger.info("ASHA: forgot %d trial(s) the resumed experiment does not have: %s",
+                        len(ghosts), sorted(ghosts))
+            self.save()
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._ensure_loaded()
+        self.tune_controller = tune_controller
+        if self._resumed and not self._pruned_ghosts:
+            self._forget_unknown(tune_controller)
         if trial.trial_id in self._stopped:      # decided before a crash: the decision stands
             return TrialScheduler.STOP
         if trial.trial_id not in self._trial_info:
@@ -125,6 +232,7 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._ensure_loaded()
+        self.tune_controller = tune_controller
         if trial.trial_id not in self._trial_info:
             return
         super().on_trial_complete(tune_controller, trial, result)

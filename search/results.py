@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -168,23 +169,60 @@ class ExperimentFiles:
 
 
 class ResultsCallback(Callback):
-    """Tune callback (driver side): refresh the experiment files whenever a trial ends."""
+    """Tune callback (driver side): refresh the experiment files when trials end.
 
-    def __init__(self, files: ExperimentFiles):
+    Rewriting the whole table costs time proportional to the number of trials, so rewriting it
+    at every trial end makes a long search quadratic. The tables are rewritten at the end of the
+    loop step in which trials ended, if the time since the last write is at least
+    ``1 / max_share`` times what the last write took (so writing takes at most ``max_share`` of
+    the driver's time); otherwise at the end of a later step, once that time has passed; and
+    always at the experiment's end. Small searches (writes of a few milliseconds)
+    get a table at every trial end, as before.
+
+    Args:
+        files: the experiment's :class:`ExperimentFiles`.
+        max_share: the largest share of the driver's time spent writing tables.
+        after: an object whose ``pending`` is True while trial ends are not saved in Ray's
+            experiment state yet; the tables wait for it (they never say a trial finished
+            before a resumed search would know it).
+    """
+
+    def __init__(self, files: ExperimentFiles, max_share: float = 0.05, after=None):
         self.files = files
+        self.after = after          # e.g. search.asha.SaveOnTrialEnd: wait while it is pending
         self.best = None
+        self.max_share = float(max_share)
+        self.writes = 0
+        self._stale = False
+        self._last_end = -math.inf
+        self._last_cost = 0.0
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._last_end >= self._last_cost / self.max_share
 
     def _refresh(self, trials):
+        t0 = time.monotonic()
         try:
             self.best = self.files.write(trials)
         except Exception as e:  # never kill the search over a table
             print(f"warning: could not write the trial tables: {e}")
+        self._last_end = time.monotonic()
+        self._last_cost = self._last_end - t0
+        self._stale = False
+        self.writes += 1
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._refresh(trials)
+        self._stale = True
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._refresh(trials)
+        self._stale = True
+
+    def on_step_end(self, iteration, trials, **info):
+        # at the end of Tune's loop step, after Ray saved the experiment state (see
+        # search.asha.SaveOnTrialEnd, placed before this callback): the table never says a trial
+        # finished before a resumed search would know it
+        if self._stale and self._due() and not getattr(self.after, "pending", False):
+            self._refresh(trials)
 
     def on_experiment_end(self, trials, **info):
         self._refresh(trials)

@@ -296,21 +296,81 @@ def make_storage(url: Optional[str]):
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def make_sampler(kind: str, seed: int, n_startup_trials: int, multivariate: bool = True):
-    """``tpe`` (seeded, ``constant_liar=True`` for parallel trials) or ``random`` (seeded).
+DEFAULT_TPE_HISTORY = 1000   # finished trials TPE looks at (besides the best); 0: all
 
-    ``multivariate=True`` (the default) gives ``TPESampler(multivariate=True, group=True)``, so
-    that conditional parameters (k on M, mixup_alpha on mixup, the mtca temperatures on
-    weighting) are sampled jointly within their group instead of independently (an experimental
-    Optuna feature; ``benchmarks/search_vs_peers.py --methods ours ours_mv`` compares them).
+
+class _HistoryWindow:
+    """A study as TPE sees it through :class:`WindowedTPESampler`: ``_get_trials`` returns the
+    best finished trials (TPE's whole "good" group), the latest ``size`` other finished trials
+    and every running trial; everything else is the study itself."""
+
+    def __init__(self, study, size: int, gamma):
+        self._study, self._size, self._gamma = study, size, gamma
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy=False, states=None, use_cache=False):
+        from optuna.samplers._tpe.sampler import _split_trials
+
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        if len(done) <= self._size:
+            return trials
+        best, rest = _split_trials(self._study, done, self._gamma(len(done)))
+        keep = {t.number for t in best} | {t.number for t in rest[-self._size:]}
+        return [t for t in trials if t.number in keep or t.state == TrialState.RUNNING]
+
+
+class WindowedTPESampler(optuna.samplers.TPESampler):
+    """``TPESampler`` whose cost per suggestion stops growing with the study.
+
+    TPE builds its two Parzen estimators from every finished trial on every suggestion, so a
+    search of thousands of trials slows down as it goes (``benchmarks/cluster_overhead.py``
+    measures how much). This sampler gives TPE a bounded history: the ``history`` latest finished
+    trials, plus the best ones from the whole study (the "good" group TPE would pick from all of
+    them, at most 25), plus the running ones (constant liar). Up to ``history`` finished trials it
+    is exactly ``TPESampler``.
+
+    Args:
+        history: finished trials looked at besides the best ones (``None`` or 0: all).
+        **kw: ``TPESampler`` arguments.
+
+    Example:
+        >>> s = WindowedTPESampler(history=200, seed=0)
+        >>> study = optuna.create_study(sampler=s)
+        >>> study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=12)
+        >>> len(study.trials)
+        12
+    """
+
+    def __init__(self, history: Optional[int] = DEFAULT_TPE_HISTORY, **kw):
+        super().__init__(**kw)
+        self.history = int(history or 0)
+
+    def _sample(self, study, trial, search_space):
+        if self.history <= 0:
+            return super()._sample(study, trial, search_space)
+        from optuna.samplers._tpe.sampler import default_gamma
+        window = _HistoryWindow(study, self.history, self._gamma or default_gamma)
+        return super()._sample(window, trial, search_space)
+
+
+def make_sampler(kind: str, seed: int, n_startup_trials: int,
+                 history: Optional[int] = DEFAULT_TPE_HISTORY, multivariate: bool = True):
+    """``tpe`` or ``random`` (both seeded).
+
+    TPE: ``constant_liar=True`` for parallel trials; a bounded history (see
+    :class:`WindowedTPESampler`; ``history`` 0 or None: all trials); ``multivariate=True`` (the
+    default) with ``group=True``, so that conditional parameters (k on M, mixup_alpha on mixup,
+    the mtca temperatures on weighting) are sampled jointly within their group instead of
+    independently (an experimental Optuna feature; ``benchmarks/search_vs_peers.py --methods ours
+    ours_mv`` compares them).
     """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if multivariate:
-        with warnings.catch_warnings():       # multivariate/group are flagged experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
-                                              n_startup_trials=n_startup_trials,
-                                              multivariate=True, group=True)
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
-                                      n_startup_trials=n_startup_trials)
+    kw = {"multivariate": True, "group": True} if multivariate else {}
+    with warnings.catch_warnings():       # multivariate/group are flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return WindowedTPESampler(history=history, seed=seed, constant_liar=True,
+                                  n_startup_trials=n_startup_trials, **kw)

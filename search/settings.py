@@ -77,6 +77,7 @@ class SearchSettings:
     scheduler: str = "asha"           # asha | fifo
     sampler: str = "tpe"              # tpe | random
     n_startup_trials: int = 4
+    tpe_history: int = 1000           # finished trials TPE looks at besides the best (0: all)
     max_concurrent: Optional[int] = None  # None: what the cluster's CPUs/GPUs allow
     time_budget: Optional[float] = None
     seed: int = 0

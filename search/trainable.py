@@ -157,7 +157,7 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
 
     state = {"restored_round": 0}
 
-    def report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
+    def report(metrics: dict, checkpoint_dir: Optional[str], replay: bool = False) -> None:
         m = _clean(metrics)
         m["budget"] = min(1.0, int(metrics["step"]) / total)
         m["restored_round"] = state["restored_round"]
@@ -178,7 +178,8 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         else:
             tune.report(m)
-        if (faulty and fault["kind"] == "raise" and int(metrics["round"]) == fault["round"]
+        if (not replay and faulty and fault["kind"] == "raise"
+                and int(metrics["round"]) == fault["round"]
                 and not (fault["once"] and restored)):
             raise InjectedFault(f"injected fault after round {fault['round']} "
                                 f"(--inject-fault) in trial {trial_id}")
@@ -186,11 +187,15 @@ def train_trial(config: dict, data=None, base: Optional[dict] = None,
     def resume_from(ckpt_path: str) -> None:
         ck = load_checkpoint(ckpt_path)
         state["restored_round"] = int(ck["round"])
-        if int(ck["step"]) >= total and ck.get("last"):
-            # Finished before the driver saved that it had: report the final round again (with
-            # its checkpoint) instead of training nothing and ending without a final result.
+        if ck.get("last"):
+            # Report the checkpoint's round again before training on: the scheduler then judges
+            # the trial where it stood. A trial that finished before the driver saved that it
+            # had ends with its final result (instead of training nothing and ending without
+            # one); a trial ASHA stopped at this round before a crash is stopped here, at this
+            # round (the saved decision stands), not one round later.
             report(dict(ck["last"]), str(Path(ckpt_path).parent if Path(ckpt_path).is_file()
-                                         else ckpt_path))
+                                         else ckpt_path), replay=True)
+        if int(ck["step"]) >= total:
             return
         fit(cfg, data, report=report, run_dir=str(trial_dir), resume_from=ckpt_path)
 

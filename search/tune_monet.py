@@ -42,6 +42,7 @@ from search.settings import DATA_FLAGS, SearchSettings, TrialRuntime  # noqa: E4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 1
+EXIT_SIGTERM = 128 + 15
 
 # defaults of the no-argument run: a small MONET search on toy data that takes a few minutes
 DEFAULTS = dict(dataset="toy", family="monet", T=5, num_samples=16, max_epochs=30.0,
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna sampler")
     g.add_argument("--n-startup-trials", type=int, default=None, metavar="N",
                    help="random trials before TPE (default: num-samples/4, 3..10)")
+    g.add_argument("--tpe-history", type=int, default=1000, metavar="N",
+                   help="TPE looks at the best trials and the latest N finished ones, so that "
+                        "suggestions do not slow down as the study grows (0: all; default 1000)")
     g.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                    help="trials at once (default: what the cluster's CPUs/GPUs allow)")
     g.add_argument("--time-budget", type=float, default=None, help="seconds for the whole search")
@@ -170,6 +174,8 @@ def resolve(a) -> SearchSettings:
         raise BadInput(f"--time-budget: got {a.time_budget}; expected seconds > 0")
     if a.trial_timeout is not None and not a.trial_timeout > 0:
         raise BadInput(f"--trial-timeout: got {a.trial_timeout}; expected seconds > 0")
+    if a.tpe_history < 0:
+        raise BadInput(f"--tpe-history: got {a.tpe_history}; expected >= 0 (0: all trials)")
     if a.warm_start_top < 1:
         raise BadInput(f"--warm-start-top: got {a.warm_start_top}; expected >= 1")
     grace = a.grace_period
@@ -199,7 +205,8 @@ def resolve(a) -> SearchSettings:
         num_samples=a.num_samples, max_epochs=float(a.max_epochs),
         eval_every=float(a.eval_every), grace_period=float(grace),
         reduction_factor=float(a.reduction_factor), scheduler=a.scheduler, sampler=a.sampler,
-        n_startup_trials=n_startup, max_concurrent=a.max_concurrent, time_budget=a.time_budget,
+        n_startup_trials=n_startup, tpe_history=a.tpe_history, max_concurrent=a.max_concurrent,
+        time_budget=a.time_budget,
         seed=a.seed, optuna_storage=absolute_storage_url(a.optuna_storage),
         cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
         max_failures=a.max_failures, storage_path=storage, name=name,
@@ -292,9 +299,72 @@ def start_ray(address, num_cpus):
             raise BadInput(f"--address: cannot connect to the Ray cluster at {address}: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
+        _start_local_ray(num_cpus)
     return True
+
+
+_LOCAL = {}   # the guards of the local Ray instance start_ray started (see search/ray_guard.py)
+
+
+def _start_local_ray(num_cpus) -> None:
+    """A local instance on 127.0.0.1 with a token of its own, a watchdog that ends its
+    processes when this driver ends however it ends, and SIGTERM handled as a Ctrl+C (Tune
+    saves the experiment, then Ray is shut down)."""
+    import signal
+
+    import ray
+    from search.ray_guard import private_token_env, session_dir_of_ray, start_watchdog
+
+    token = private_token_env()
+    token.__enter__()
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False, _node_ip_address="127.0.0.1")
+        session = session_dir_of_ray()
+        _LOCAL.update(token=token, watchdog=start_watchdog(session) if session else None)
+    except BaseException:
+        token.__exit__(None, None, None)
+        raise
+    try:
+        _LOCAL["sigterm"] = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:          # not the main thread: no signal handling
+        pass
+
+
+def _on_sigterm(signum, frame):
+    import signal
+
+    if _LOCAL.get("terminated"):            # a second SIGTERM: stop now
+        raise SystemExit(128 + signum)
+    _LOCAL["terminated"] = True
+    print("stopping: SIGTERM received; the experiment is saved and can be continued with "
+          "--resume", file=sys.stderr)
+    signal.raise_signal(signal.SIGINT)      # Tune's graceful stop (or KeyboardInterrupt)
+
+
+def stop_ray() -> None:
+    """Shut down what :func:`start_ray` started; for a local instance, also the watchdog, the
+    SIGTERM handler and the search's token (the environment is as it was before)."""
+    import signal
+
+    import ray
+
+    try:
+        ray.shutdown()
+    finally:
+        if _LOCAL.get("watchdog") is not None:
+            _LOCAL["watchdog"].close()
+        if "sigterm" in _LOCAL:
+            try:
+                signal.signal(signal.SIGTERM, _LOCAL["sigterm"])
+            except ValueError:
+                pass
+        if _LOCAL.get("token") is not None:
+            _LOCAL["token"].__exit__(None, None, None)
+        terminated = _LOCAL.get("terminated")
+        _LOCAL.clear()
+        if terminated:
+            _LOCAL["terminated"] = True
 
 
 # ---------------------------------------------------------------------------------- run
@@ -303,10 +373,17 @@ def run(argv=None) -> int:
     from monet.errors import MonetError
 
     try:
-        return _run(a, argv if argv is not None else sys.argv[1:])
+        rc = _run(a, argv if argv is not None else sys.argv[1:])
     except (BadInput, MonetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if not _LOCAL.pop("terminated", False):
+            raise
+        rc = 0
+    if _LOCAL.pop("terminated", False):
+        return EXIT_SIGTERM
+    return rc
 
 
 def _run(a, argv) -> int:
@@ -375,7 +452,7 @@ def _run(a, argv) -> int:
         return summarize(s, grid, store, storage)
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
 
 
 def _write_settings(store, saved: dict) -> None:
@@ -580,10 +657,9 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"      # the classic reporter, with our columns
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.asha import STATE_FILE, PersistentASHA
+    from search.asha import STATE_FILE, PersistentASHA, PersistentFIFO, SaveOnTrialEnd
     from search.results import ExperimentFiles, ResultsCallback
     from search.searcher import BudgetedSearchGenerator, BudgetHonestOptunaSearch, make_sampler
     from search.trainable import train_trial, trial_dirname
@@ -597,8 +673,11 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
             store.uri(STATE_FILE), time_attr="epoch",
             max_t=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
-        scheduler = FIFOScheduler()
-    callbacks = [ResultsCallback(ExperimentFiles(store, s.metric, s.mode, base, s.dataset))]
+        scheduler = PersistentFIFO()
+    # the state is saved before the tables are written, in the same loop step
+    callbacks = [SaveOnTrialEnd(scheduler)]
+    callbacks.append(ResultsCallback(ExperimentFiles(store, s.metric, s.mode, base, s.dataset),
+                                     after=callbacks[0]))
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:
         try:
@@ -612,7 +691,7 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
         return tuner
     searcher = BudgetHonestOptunaSearch(
         space, metric=s.metric, mode=s.mode,
-        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials),
+        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials, s.tpe_history),
         storage=storage, study_name=s.name)
     if s.warm_start:
         from search.warmstart import enqueue_warm_start
