@@ -304,7 +304,15 @@ def check_output_dir(path, overwrite: bool = False, flag: str = "--out",
                                   f"(no {marker}); {overwrite_flag or '--overwrite'} replaces run "
                                   f"folders only")
         return p
-    a = p.parent
+    _check_creatable(p.parent, path, flag)
+    return p
+
+
+def _check_creatable(start: Path, path, flag: str, verb: str = "create",
+                     itself: Optional[Path] = None) -> None:
+    """The nearest existing folder at or above ``start`` must be a writable folder, so that
+    ``path`` can be made there (``itself``: ``path`` when it may exist already)."""
+    a = start
     while not a.exists():
         if a.parent == a:
             break
@@ -312,8 +320,9 @@ def check_output_dir(path, overwrite: bool = False, flag: str = "--out",
     if not a.is_dir():
         raise ConfigError(f"{flag}: cannot create {path}: {a} is a file, not a folder")
     if not os.access(a, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag}: cannot create {path}: {a} is not writable (read-only folder)")
-    return p
+        what = (f"{path} is not writable" if a == itself
+                else f"cannot {verb} {path}: {a} is not writable")
+        raise ConfigError(f"{flag}: {what} (read-only folder)")
 
 
 def check_writable_dir(path, flag: str) -> Path:
@@ -325,16 +334,7 @@ def check_writable_dir(path, flag: str) -> Path:
     p = Path(path).expanduser().absolute()
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag}: {path} is a file; expected a folder")
-    a = p
-    while not a.exists():
-        if a.parent == a:
-            break
-        a = a.parent
-    if not a.is_dir():
-        raise ConfigError(f"{flag}: cannot create {path}: {a} is a file, not a folder")
-    if not os.access(a, os.W_OK | os.X_OK):
-        what = f"{path} is not writable" if a == p else f"cannot create {path}: {a} is not writable"
-        raise ConfigError(f"{flag}: {what} (read-only folder)")
+    _check_creatable(p, path, flag, itself=p)
     return p
 
 
@@ -350,15 +350,7 @@ def check_output_file(path, flag: str = "--out") -> Path:
                           f"{Path(path) / 'data.csv'})")
     if p.exists() and not p.is_file():
         raise ConfigError(f"{flag}: {path} is not a regular file")
-    a = p.parent
-    while not a.exists():
-        if a.parent == a:
-            break
-        a = a.parent
-    if not a.is_dir():
-        raise ConfigError(f"{flag}: cannot create {path}: {a} is a file, not a folder")
-    if not os.access(a, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag}: cannot write {path}: {a} is not writable (read-only folder)")
+    _check_creatable(p.parent, path, flag, verb="write")
     return p
 
 
