@@ -43,6 +43,9 @@ BUDGET_KEY = "budget"       # share of the trial's epoch budget done (1.0 at the
 STEP_KEY = "round"          # evaluation round: the intermediate-value step
 
 
+ORPHAN_ATTR = "closed_on_resume"   # user attr of a trial a killed driver left RUNNING
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -198,6 +201,8 @@ class BudgetHonestOptunaSearch(OptunaSearch):
         for ft in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if ft.number not in known:
                 try:
+                    # marked, so that it is not counted as one of the experiment's trials
+                    self._ot_study._storage.set_trial_user_attr(ft._trial_id, ORPHAN_ATTR, True)
                     self._ot_study.tell(ft.number, state=TrialState.FAIL)
                 except Exception as exc:
                     logger.warning("could not close orphaned Optuna trial %s: %s", ft.number, exc)

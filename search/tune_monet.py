@@ -548,7 +548,7 @@ def load_experiment(a, argv) -> tuple:
                 or k == "max_failures" and v < 0 or k == "time_budget" and not v > 0:
             raise BadInput(f"--{k.replace('_', '-')}: got {v!r}; expected a positive budget")
     asked = _trials_asked(s, store)
-    if budget.get("num_samples", s.num_samples) < asked:
+    if "num_samples" in budget and budget["num_samples"] < asked:
         raise BadInput(f"--num-samples: {budget['num_samples']} is fewer than the {asked} trials "
                        f"the experiment has asked for already (saved --num-samples "
                        f"{s.num_samples})")
@@ -572,11 +572,12 @@ def _trials_asked(s: SearchSettings, store) -> int:
         import optuna
         from optuna.trial import TrialState
 
-        from search.searcher import make_storage
+        from search.searcher import ORPHAN_ATTR, make_storage
         storage = make_storage(url)
         if s.name in optuna.study.get_all_study_names(storage):
             study = optuna.load_study(study_name=s.name, storage=storage)
-            return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+            return sum(t.state != TrialState.WAITING and not t.user_attrs.get(ORPHAN_ATTR)
+                       for t in study.get_trials(deepcopy=False))
     try:
         import pandas as pd
         return len(pd.read_parquet(io.BytesIO(store.read_bytes("trials.parquet"))))

@@ -29,9 +29,20 @@ def run_cli(args, timeout=300, env=None, **kw):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance (2 CPUs) per test module."""
+    """One local Ray instance (2 CPUs) per test module, with a token of its own, as a search
+    without ``--address`` gets it (:func:`search.ray_guard.private_token_env`).
+
+    A plain ``ray.init()`` would leave ``RAY_AUTH_MODE=token`` in this process's environment and
+    Ray's in-process config cached; a later test that changes the auth variables would then
+    start a cluster this process cannot talk to (InvalidAuthToken). It also would not write
+    ``~/.ray/auth_token``."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    from search.ray_guard import private_token_env
+
+    with private_token_env():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()

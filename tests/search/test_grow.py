@@ -128,6 +128,24 @@ def test_same_flags_and_budget_flags_are_accepted_on_resume(grown):
     assert len(_table(root / "a")) == 6
 
 
+def test_trials_a_killed_driver_left_running_are_closed_and_not_counted(grown, tmp_path):
+    """A driver SIGKILLed after Optuna asked a trial but before the searcher's state was saved
+    leaves that trial RUNNING in the study; the resume closes it as FAIL, marked, and it is not
+    one of the experiment's trials (neither for the table nor for the --num-samples check)."""
+    from search.searcher import ORPHAN_ATTR
+
+    root, _, _ = grown
+    shutil.copytree(root / "a", tmp_path / "a")
+    exp = tmp_path / "a"
+    orphan = _study(exp, "a").ask().number            # RUNNING, unknown to the saved searcher
+    assert _resume(tmp_path, "a") == 0                # no budget flag given
+    assert _resume(tmp_path, "a", "--num-samples", "6") == 0     # 6 asked, not 7
+    trials = {t.number: t for t in _study(exp, "a").trials}
+    assert trials[orphan].state.name == "FAIL" and trials[orphan].user_attrs[ORPHAN_ATTR]
+    assert not [t for t in trials.values() if t.state.name == "RUNNING"]
+    assert len(_table(exp)) == 6
+
+
 def test_warm_start_clips_marks_and_warns_once(grown, tmp_path, capsys):
     root, _, _ = grown
     space = tmp_path / "narrow.yaml"

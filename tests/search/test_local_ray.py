@@ -35,7 +35,7 @@ import pytest
 from conftest import CLI, REPO, TINY
 
 from netns import netns  # noqa: F401 - fixture
-from search.ray_guard import _psutil
+from search.ray_guard import _psutil, _reset_ray_token_cache
 
 psutil = _psutil()
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")   # ss writes all interfaces as * or ::
@@ -264,6 +264,9 @@ def test_start_ray_then_stop_ray_restores_environment(monkeypatch):
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
     assert "RAY_AUTH_TOKEN" not in os.environ
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == "/nonexistent/token"
+    # put the environment back and make Ray in this process read it again (its config is cached)
+    monkeypatch.undo()
+    _reset_ray_token_cache()
     assert watchdog.proc.returncode == 0
     left = _wait_gone(session, procs)
     assert not left, f"left behind: {_describe(left)}"
