@@ -77,10 +77,10 @@ def _nodes(ns, address, env):
     return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
 
 
-def _last_result(trial_dir):
+def _first_attempt(trial_dir):
     try:
-        lines = (trial_dir / "result.json").read_text().splitlines()
-        return json.loads(lines[-1]) if lines else None
+        lines = (trial_dir / "attempts.jsonl").read_text().splitlines()
+        return json.loads(lines[0]) if lines else None
     except (OSError, ValueError):
         return None
 
@@ -129,20 +129,24 @@ def test_worker_node_lost_mid_search(tmp_path, netns):
         space = tmp_path / "space.yaml"
         space.write_text("batch_size: 16\n")
         name, exp = "node_lost", tmp_path / "node_lost"
-        args = TINY + ["--family", "vmnc", "--num-samples", "4", "--max-epochs", "12",
+        args = TINY + ["--family", "vmnc", "--num-samples", "4", "--max-epochs", "20",
                        "--space", str(space), "--eval-every", "0.5", "--scheduler", "fifo",
                        "--max-concurrent", "2", "--max-failures", "2", "--verbose", "0",
                        "--address", address, "--storage-path", str(tmp_path), "--name", name]
         log = tmp_path / "search.log"
         search = subprocess.Popen(netns.cmd(CLI + args), cwd=str(REPO), env=env, stdout=open(log, "w"),
                                   stderr=subprocess.STDOUT, start_new_session=True)
-        # wait for a trial on the second node with a checkpoint behind it (round >= 2)
+        # wait for a trial on the second node with a checkpoint behind it (round >= 2). Read
+        # what the trial itself writes as it goes (attempts.jsonl at its start, a pointer folder
+        # per checkpointed report): result.json is written by the driver and lags, by 15 rounds
+        # and more, enough for a short trial to finish before the node is lost.
         deadline = time.monotonic() + 400
         victim = None
         while victim is None:
             for d in exp.glob("trial_*"):
-                r = _last_result(d)
-                if r and r.get("node_id") == second_id and r.get("round", 0) >= 2 \
+                first = _first_attempt(d)
+                if first and first["node_id"] == second_id \
+                        and (d / "checkpoint_000001").is_dir() \
                         and (d / "checkpoint" / "checkpoint.pt").is_file():
                     victim = d.name[len("trial_"):]
             assert search.poll() is None, log.read_text()[-3000:]
