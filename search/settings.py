@@ -91,6 +91,7 @@ class SearchSettings:
     trial_timeout: Optional[float] = None  # seconds of training per trial (then stopped, PRUNED)
     warm_start: Optional[str] = None       # experiment folder or study URL#name to start from
     warm_start_top: int = 5
+    reuse_actors: bool = True              # one Ray actor runs trial after trial (data loaded once)
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):

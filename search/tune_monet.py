@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs of one trial (also its torch threads)")
     g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="X",
                    help="fractions pack several small trials on one GPU")
+    g.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                   help="a new Ray actor (process) per trial; by default a trial slot's actor "
+                        "runs one trial after another and keeps the data it was handed")
     g.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs of a local Ray instance (default: all of this machine's)")
     g.add_argument("--address", default=None,
@@ -211,7 +214,7 @@ def resolve(a) -> SearchSettings:
         cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
         max_failures=a.max_failures, storage_path=storage, name=name,
         inject_fault=a.inject_fault, trial_timeout=a.trial_timeout, warm_start=a.warm_start,
-        warm_start_top=a.warm_start_top)
+        warm_start_top=a.warm_start_top, reuse_actors=a.reuse_actors)
 
 
 def base_config(a, s: SearchSettings) -> dict:
@@ -709,7 +712,7 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
         tune_config=tune.TuneConfig(
             metric=s.metric, mode=s.mode, search_alg=search_alg, scheduler=scheduler,
             num_samples=s.num_samples, time_budget_s=s.time_budget,
-            trial_dirname_creator=trial_dirname),
+            trial_dirname_creator=trial_dirname, reuse_actors=s.reuse_actors),
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.storage_path, callbacks=callbacks,
             progress_reporter=reporter, verbose=verbose, failure_config=failure,
@@ -732,6 +735,7 @@ def _apply_budget(tuner, s: SearchSettings, storage, scheduler, callbacks, failu
     gen.budget, gen.max_concurrent = int(s.num_samples), int(s.max_concurrent)
     gen.base_searcher.rebind_storage = storage
     tc.num_samples, tc.time_budget_s, tc.scheduler = s.num_samples, s.time_budget, scheduler
+    tc.reuse_actors = s.reuse_actors
     rc.callbacks, rc.failure_config, rc.verbose = callbacks, failure, verbose
 
 

@@ -76,7 +76,13 @@ def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, 
     # ASHA stopped some trials before the budget; the others used all 6 rounds
     early = df[df["stopped_early"]]
     assert len(early) >= 1 and (early["epochs"] < 3).all()
-    assert (full["rounds"] == 6).all()
+    # (6 rounds of half an epoch; 3 when a batch is the whole training split of 96)
+    from monet.train import plan_steps
+    for _, r in full.iterrows():
+        plan = plan_steps(TrainConfig(batch_size=int(r["config/batch_size"]), epochs=3,
+                                      eval_every=0.5), 96)
+        assert r["rounds"] == -(-plan.total_steps // plan.steps_per_round), r
+        assert r["rounds"] == (6 if r["config/batch_size"] < 96 else 3), r
     # Optuna: PRUNED (with intermediate values) for ASHA-stopped, COMPLETE for full budget
     ot = by_ray_id(study)
     assert len(study.trials) == 6
@@ -86,7 +92,7 @@ def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, 
         assert steps == list(range(1, int(r["rounds"]) + 1))
         if r["stopped_early"]:
             assert t.state == optuna.trial.TrialState.PRUNED
-            assert max(steps) < 6
+            assert r["epochs"] < 3
         else:
             assert t.state == optuna.trial.TrialState.COMPLETE
             assert t.value == pytest.approx(r["last/val/mean_acc"])
@@ -106,6 +112,10 @@ def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, 
         spans.append((start, end))
     spans.sort()
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+    # Ray actors are reused (reuse_actors): 6 trials ran in fewer than 6 worker processes
+    pids = {json.loads((exp / d.rsplit("/", 1)[-1] / "result.json").read_text().splitlines()[-1])["pid"]
+            for d in df["trial_dir"]}
+    assert cfg["search"]["reuse_actors"] is True and len(pids) < len(df), pids
 
 
 def test_monet_trials_log_pi_histogram_and_omega_image(ray_local, tmp_path):
