@@ -156,68 +156,73 @@ def _sleep_trial(config):
     tune.report({"loss": config["x"], "epoch": 1.0})
 
 
-def short_trials(storage, stamp, n, seed, slots, reuse: bool = True) -> dict:
-    """Ours (the CLI, FIFO, n one-epoch MONET trials) vs Ray's stock recipe sleeping each of our
-    trials' own time, one after the other on the same Ray instance; with ``reuse``, ours once
-    more with ``TuneConfig(reuse_actors=True)`` (Ray 2.60's default is False: a new worker
-    process per trial), the change recommended for ``build_tuner``."""
-    args = ["--dataset", "toy", "--T", "5", "--family", "monet", "--seed", str(seed),
-            "--num-samples", str(n), "--max-epochs", "1", "--scheduler", "fifo",
-            "--max-concurrent", str(slots)]
-    r = run_search(storage, f"short-{stamp}", args)
-    times = [float(t) for t in r["df"]["time_total_s"].fillna(0)]
-    reuse_wall = None
-    if reuse:
-        from search import tune_monet
-        orig = tune_monet.build_tuner
-
-        def reusing(*a, **kw):
-            tuner = orig(*a, **kw)
-            tuner._local_tuner._tune_config.reuse_actors = True   # no such flag in build_tuner
-            return tuner
-
-        tune_monet.build_tuner = reusing
-        try:
-            reuse_wall = run_search(storage, f"short-reuse-{stamp}", args)["wall_s"]
-        finally:
-            tune_monet.build_tuner = orig
+def _stock_recipe(storage, name, times, seed, slots, reuse: bool) -> tuple:
+    """Ray's stock recipe (its docs' form: function trainable + ``OptunaSearch`` +
+    ``ConcurrencyLimiter``, nothing of ours), trial n sleeping ``times[n]``; (wall s, trials)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     saved = {k: os.environ.pop(k, None) for k in
              ("TUNE_MAX_PENDING_TRIALS_PG", "TUNE_GLOBAL_CHECKPOINT_S", "RAY_AIR_NEW_OUTPUT")}
-    try:   # the stock recipe: Ray's docs form, nothing of ours
+    try:
         algo = ConcurrencyLimiter(OptunaSearch(space=_SleepSpace(times), metric="loss",
                                                mode="min", seed=seed), max_concurrent=slots)
         tuner = tune.Tuner(_sleep_trial, tune_config=tune.TuneConfig(
-            search_alg=algo, num_samples=len(times), metric="loss", mode="min"),
-            run_config=tune.RunConfig(name=f"short-stock-{stamp}", storage_path=str(storage),
-                                      verbose=0))
+            search_alg=algo, num_samples=len(times), metric="loss", mode="min",
+            reuse_actors=reuse),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0))
         t0 = time.perf_counter()
         grid = tuner.fit()
-        stock = time.perf_counter() - t0
+        return time.perf_counter() - t0, len(grid)
     finally:
         for k, v in saved.items():
             if v is not None:
                 os.environ[k] = v
-    out = {"trials": len(times), "trial_time_sum_s": round(sum(times), 1),
-           "ideal_s": round(sum(times) / slots, 1), "ours_wall_s": round(r["wall_s"], 1),
-           "stock_sleep_wall_s": round(stock, 1), "stock_trials": len(grid),
-           "ours_over_stock": round(r["wall_s"] / stock, 3),
-           "ours_over_ideal": round(r["wall_s"] / (sum(times) / slots), 3),
-           "stock_over_ideal": round(stock / (sum(times) / slots), 3)}
-    out["target_met"] = out["ours_over_stock"] <= 1.1
-    print(f"many short trials ({len(times)}): ours {out['ours_wall_s']} s, stock recipe sleeping "
-          f"the same times {out['stock_sleep_wall_s']} s, ideal {out['ideal_s']} s; ours/stock "
-          f"{out['ours_over_stock']} (target <= 1.1: {'met' if out['target_met'] else 'NOT met'})",
-          flush=True)
-    if reuse_wall is not None:
-        out["ours_reuse_actors_wall_s"] = round(reuse_wall, 1)
-        out["ours_reuse_over_stock"] = round(reuse_wall / stock, 3)
-        print(f"  ours with reuse_actors=True: {out['ours_reuse_actors_wall_s']} s, "
-              f"{out['ours_reuse_over_stock']}x the stock recipe", flush=True)
-    return out
+
+
+def short_trials(storage, stamp, n, seed, slots, repeats: int = 3) -> dict:
+    """Many short trials, ``repeats`` times, each printed: ours (the CLI as users run it, FIFO,
+    ``n`` one-epoch MONET trials) against Ray's stock recipe sleeping each of our trials' own
+    time (``time_total_s``), on the same Ray instance, one after the other. Also, for reference:
+    ours with ``--no-reuse-actors`` and the stock recipe with ``reuse_actors=True`` (its docs'
+    form leaves Ray 2.60's default, False: a new worker process per trial)."""
+    args = ["--dataset", "toy", "--T", "5", "--family", "monet", "--seed", str(seed),
+            "--num-samples", str(n), "--max-epochs", "1", "--scheduler", "fifo",
+            "--max-concurrent", str(slots)]
+    runs = []
+    for rep in range(repeats):
+        r = run_search(storage, f"short-{stamp}-{rep}", args)
+        times = [float(t) for t in r["df"]["time_total_s"].fillna(0)]
+        no_reuse = run_search(storage, f"short-noreuse-{stamp}-{rep}",
+                              args + ["--no-reuse-actors"])["wall_s"]
+        stock, stock_n = _stock_recipe(storage, f"short-stock-{stamp}-{rep}", times, seed, slots,
+                                       reuse=False)
+        stock_reuse, _ = _stock_recipe(storage, f"short-stock-reuse-{stamp}-{rep}", times, seed,
+                                       slots, reuse=True)
+        ideal = sum(times) / slots
+        o = {"trials": len(times), "trial_time_sum_s": round(sum(times), 1),
+             "ideal_s": round(ideal, 1), "ours_wall_s": round(r["wall_s"], 1),
+             "ours_no_reuse_wall_s": round(no_reuse, 1),
+             "stock_sleep_wall_s": round(stock, 1), "stock_trials": stock_n,
+             "stock_reuse_sleep_wall_s": round(stock_reuse, 1),
+             "ours_over_stock": round(r["wall_s"] / stock, 3),
+             "ours_over_stock_reuse": round(r["wall_s"] / stock_reuse, 3),
+             "ours_over_ideal": round(r["wall_s"] / ideal, 3),
+             "stock_over_ideal": round(stock / ideal, 3),
+             "load": round(os.getloadavg()[0], 1)}
+        o["target_met"] = o["ours_over_stock"] <= 1.1
+        runs.append(o)
+        print(f"many short trials, run {rep + 1} of {repeats} ({len(times)} trials, load "
+              f"{o['load']}): ours {o['ours_wall_s']} s, stock recipe sleeping the same times "
+              f"{o['stock_sleep_wall_s']} s, ideal {o['ideal_s']} s: ours/stock "
+              f"{o['ours_over_stock']} (target <= 1.1: {'met' if o['target_met'] else 'NOT met'}); "
+              f"for reference ours --no-reuse-actors {o['ours_no_reuse_wall_s']} s, stock with "
+              f"reuse_actors=True {o['stock_reuse_sleep_wall_s']} s (ours/that "
+              f"{o['ours_over_stock_reuse']})", flush=True)
+    return {"runs": runs, "target_met": all(o["target_met"] for o in runs),
+            "ours_over_stock": [o["ours_over_stock"] for o in runs],
+            "ours_over_stock_reuse": [o["ours_over_stock_reuse"] for o in runs]}
 
 
 def trial_parts(epochs: float, reps: int = 2) -> dict:
@@ -300,7 +305,8 @@ def main(argv=None) -> int:
                    help="model family of the ASHA/FIFO comparison (default monet; vmnc trials "
                         "cost about 1/20 of MONET's)")
     p.add_argument("--epochs", type=float, default=30, help="epoch budget per comparison trial")
-    p.add_argument("--short-trials", type=int, default=60)
+    p.add_argument("--short-trials", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3, help="runs of the many-short-trials part")
     p.add_argument("--step-runs", type=int, default=3)
     p.add_argument("--headline-samples", type=int, default=48)
     p.add_argument("--headline-epochs", type=float, default=150)
@@ -393,7 +399,8 @@ def main(argv=None) -> int:
                       flush=True)
             save()
         if a.only in (None, "short"):
-            report["short_trials"] = short_trials(storage, stamp, a.short_trials, a.seed, slots)
+            report["short_trials"] = short_trials(storage, stamp, a.short_trials, a.seed, slots,
+                                                  repeats=1 if a.quick else a.repeats)
             save()
         if a.only == "headline":
             args = ["--dataset", "toy", "--T", "5", "--family", "monet", "--seed", str(a.seed),
