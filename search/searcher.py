@@ -190,13 +190,16 @@ class BudgetHonestOptunaSearch(OptunaSearch):
         :attr:`rebind_storage` (set before the restore) is the storage of the experiment folder
         being resumed; the study is re-opened there."""
         rebind = getattr(self, "rebind_storage", None)
+        ray_ids = getattr(self, "restored_trial_ids", None)
         super().restore(checkpoint_path)
         self._budget = getattr(self, "_budget", {})
         self._steps = getattr(self, "_steps", {})
-        self.rebind_storage = rebind
+        self.rebind_storage, self.restored_trial_ids = rebind, None
         if rebind is not None:
             self._reopen(rebind)
         self._ensure_study()
+        if ray_ids is not None:     # trials Ray does not restore are asked again: close ours
+            self._ot_trials = {k: v for k, v in self._ot_trials.items() if k in ray_ids}
         known = {t.number for t in self._ot_trials.values()}
         for ft in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if ft.number not in known:
@@ -220,10 +223,49 @@ class BudgetedSearchGenerator(SearchGenerator):
         searcher: the searcher, usually ``ConcurrencyLimiter(BudgetHonestOptunaSearch(...))``.
     """
 
+    # Our own copy of the search state, written (synchronously) each time a trial is created.
+    # Ray uploads its experiment folder file by file in the background: a driver killed during
+    # an upload can leave object storage with an experiment_state that lists a trial and no
+    # searcher state, or an older one (seen with s3://); the restored search then asked for
+    # its whole budget again. The copy always knows every trial an experiment_state can list.
+    OWN_STATE = "monet_search_gen_state.pkl"
+    OWN_SEARCHER = "monet_searcher_state.pkl"
+
     def __init__(self, searcher):
         super().__init__(searcher)
         self.budget: Optional[int] = None
         self.max_concurrent: Optional[int] = None
+        self.state_sink = None   # callable(name, bytes): where the copy goes (the experiment store)
+
+    def next_trial(self):
+        trial = super().next_trial()
+        if trial is not None and self.state_sink is not None:
+            self.save_own_state(self.state_sink)
+        return trial
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None,
+                          error: bool = False):
+        super().on_trial_complete(trial_id, result=result, error=error)
+        if self.state_sink is not None:
+            self.save_own_state(self.state_sink)
+
+    def save_own_state(self, sink) -> None:
+        """Write the searcher's state, then this generator's (the commit), through ``sink``."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="monet-search-state-") as td:
+            self.save_to_dir(td, session_str="own")
+            sink(self.OWN_SEARCHER, (Path(td) / self.base_searcher.CKPT_FILE_TMPL.format("own"))
+                 .read_bytes())
+            sink(self.OWN_STATE, (Path(td) / self.CKPT_FILE_TMPL.format("own")).read_bytes())
+
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d["state_sink"] = None
+        return d
+
+    def has_checkpoint(self, dirpath: str):
+        return super().has_checkpoint(dirpath) or (Path(dirpath) / self.OWN_STATE).is_file()
 
     @property
     def base_searcher(self):
@@ -237,8 +279,68 @@ class BudgetedSearchGenerator(SearchGenerator):
         """Trials asked for so far."""
         return self._counter
 
+    @staticmethod
+    def _known(state) -> Optional[set]:
+        """Ray trial ids a saved searcher state knows (None: not a state of ours)."""
+        if not isinstance(state, dict):
+            return None
+        return set(state.get("_trial_ids_saved") or state.get("_ot_trials") or {})
+
+    def _use_own(self, dirpath: str, ray_ids: Optional[set]) -> bool:
+        """Whether to restore from our copy: Ray's searcher state is missing or does not know
+        every trial Ray restores, and ours does."""
+        import pickle
+
+        from ray.tune.utils.util import _load_newest_checkpoint
+
+        own, own_searcher = Path(dirpath) / self.OWN_STATE, Path(dirpath) / self.OWN_SEARCHER
+        if not (own.is_file() and own_searcher.is_file()):
+            return False
+        ray_state = _load_newest_checkpoint(dirpath, self.CKPT_FILE_TMPL.format("*"))
+        ray_known = self._known(_load_newest_checkpoint(
+            dirpath, self.base_searcher.CKPT_FILE_TMPL.format("*")))
+        if not ray_state or ray_known is None:
+            return True
+        if ray_ids is None:
+            return False
+        with open(own_searcher, "rb") as f:
+            own_known = self._known(pickle.load(f)) or set()
+        return not ray_ids <= ray_known and ray_ids <= own_known
+
+    @staticmethod
+    def _ray_trial_ids(dirpath: str) -> Optional[set]:
+        """The trial ids of the newest experiment_state in ``dirpath`` (what Ray restores)."""
+        import json
+
+        states = sorted(Path(dirpath).glob("experiment_state-*.json"))
+        try:
+            data = json.loads(states[-1].read_text())["trial_data"]
+            return {json.loads(t)["trial_id"] for t, _ in data}
+        except (IndexError, OSError, ValueError, KeyError, TypeError):
+            return None
+
     def restore_from_dir(self, dirpath: str):
-        super().restore_from_dir(dirpath)
+        ray_ids = self._ray_trial_ids(dirpath)
+        self.base_searcher.restored_trial_ids = ray_ids
+        if self._use_own(dirpath, ray_ids):
+            import shutil
+            import tempfile
+
+            logger.info("restoring the search state from %s (Ray's copy is older)", self.OWN_STATE)
+            with tempfile.TemporaryDirectory(prefix="monet-search-state-") as td:
+                shutil.copyfile(Path(dirpath) / self.OWN_STATE,
+                                Path(td) / self.CKPT_FILE_TMPL.format("own"))
+                shutil.copyfile(Path(dirpath) / self.OWN_SEARCHER,
+                                Path(td) / self.base_searcher.CKPT_FILE_TMPL.format("own"))
+                super().restore_from_dir(td)
+        else:
+            super().restore_from_dir(dirpath)
+        if ray_ids is not None:     # the search goes on with exactly the trials Ray restores
+            self._counter = len(ray_ids)
+            if isinstance(self.searcher, ConcurrencyLimiter):
+                live = {t for t in self.searcher.live_trials if t in ray_ids}
+                self.searcher.live_trials = live
+                self.searcher.num_unfinished_live_trials = len(live)
         if self.budget is not None and self.budget != self._total_samples:
             self._total_samples = max(int(self.budget), self._counter)
             self._finished = False

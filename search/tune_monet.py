@@ -702,6 +702,7 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
         n = enqueue_warm_start(searcher, space, s.warm_start, s.warm_start_top)
         print(f"warm start: the first {n} trials are the best configs of {s.warm_start}")
     search_alg = BudgetedSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent))
+    search_alg.state_sink = store.write_bytes
     params = [n for n in space.names() if not n.startswith("temperature/")][:8]
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", s.metric: s.metric, "val/loss": "val/loss"},
@@ -733,6 +734,7 @@ def _apply_budget(tuner, s: SearchSettings, storage, scheduler, callbacks, failu
         raise BadInput(f"--resume: {experiment_path(s)} was made by an older monet-tune; it can "
                        "be resumed only with its saved budget")
     gen.budget, gen.max_concurrent = int(s.num_samples), int(s.max_concurrent)
+    gen.state_sink = experiment_store(s).write_bytes
     gen.base_searcher.rebind_storage = storage
     tc.num_samples, tc.time_budget_s, tc.scheduler = s.num_samples, s.time_budget, scheduler
     tc.reuse_actors = s.reuse_actors

@@ -146,6 +146,26 @@ def test_trials_a_killed_driver_left_running_are_closed_and_not_counted(grown, t
     assert len(_table(exp)) == 6
 
 
+def test_resume_without_rays_search_state_uses_our_copy(grown, tmp_path):
+    """A driver killed while Ray uploads its folder can leave an experiment_state without the
+    searcher's state (seen on s3://). The copy written when each trial is created and ends
+    carries the search on: one trial more, not the whole budget again, each Optuna trial once."""
+    from search.searcher import BudgetedSearchGenerator as G
+
+    root, _, _ = grown
+    shutil.copytree(root / "a", tmp_path / "a")
+    exp = tmp_path / "a"
+    assert (exp / G.OWN_STATE).is_file() and (exp / G.OWN_SEARCHER).is_file()
+    for f in list(exp.glob("search_gen_state-*.json")) + list(exp.glob("searcher-state-*.pkl")):
+        f.unlink()
+    assert _resume(tmp_path, "a", "--num-samples", "7") == 0
+    df = _table(exp)
+    assert len(df) == 7 and df["config/optuna_trial"].is_unique, df[["trial_id", "config/optuna_trial"]]
+    assert sorted(df["config/optuna_trial"]) == list(range(7))
+    states = [t.state.name for t in _study(exp, "a").trials]
+    assert len(states) == 7 and set(states) <= {"COMPLETE", "PRUNED"}, states
+
+
 def test_warm_start_clips_marks_and_warns_once(grown, tmp_path, capsys):
     root, _, _ = grown
     space = tmp_path / "narrow.yaml"

@@ -280,6 +280,40 @@ def test_search_kill_resume_and_analysis_on_s3(s3, tmp_path):
     assert best["trial_id"] in (out / "report.md").read_text()
 
 
+DELETE_SEARCH_STATE = r"""
+import sys
+import pyarrow.fs as pafs
+fs, root = pafs.FileSystem.from_uri(sys.argv[1])
+gone = []
+for i in fs.get_file_info(pafs.FileSelector(root)):
+    n = i.path.rsplit("/", 1)[-1]
+    if n.startswith(("search_gen_state-", "searcher-state-")):
+        fs.delete_file(i.path)
+        gone.append(n)
+print(len(gone))
+"""
+
+
+def test_resume_on_s3_when_rays_search_state_did_not_reach_the_bucket(s3, tmp_path):
+    """Ray uploads its experiment folder file by file; a driver killed in between leaves the
+    bucket with an experiment_state and no searcher state (the study is in memory on s3://).
+    The search state we write when each trial is created and ends carries the search on:
+    ``--resume --num-samples 3`` runs one trial more (not three), each Optuna trial once."""
+    name = "lost_state"
+    args = TINY + ["--family", "vmnc", "--num-samples", "2", "--max-epochs", "1",
+                   "--max-concurrent", "1", "--num-cpus", "2", "--verbose", "0",
+                   "--storage-path", f"s3://{BUCKET}", "--name", name]
+    res = _cli(s3, args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    gone = s3.python(DELETE_SEARCH_STATE, f"s3://{BUCKET}/{name}")
+    assert gone.returncode == 0 and gone.stdout.strip() == "2", gone.stdout + gone.stderr
+    res = _cli(s3, ["--resume", "--storage-path", f"s3://{BUCKET}", "--name", name,
+                    "--num-samples", "3", "--verbose", "0"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    df = pd.read_parquet(io.BytesIO(s3.read(name, "trials.parquet")["trials.parquet"]))
+    assert sorted(df["config/optuna_trial"]) == [0, 1, 2], df[["trial_id", "config/optuna_trial"]]
+
+
 def test_object_storage_errors_are_one_line(s3, tmp_path, capsys):
     """Bad URIs, missing buckets and missing experiments: one error line, exit 2, nothing
     written."""
