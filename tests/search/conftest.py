@@ -1,5 +1,6 @@
 """Shared helpers for the search-layer tests (real Ray, real Optuna, real toy training)."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 CLI = [sys.executable, str(REPO / "search" / "tune_monet.py")]
 # the smallest real search: toy T=3, vmnc, few examples, few epochs
 TINY = ["--dataset", "toy", "--T", "3", "--n-train", "96", "--n-val", "64", "--n-test", "64"]
+
+
+def free_ports(n):
+    """``n`` distinct free TCP ports on 127.0.0.1 (for the Ray nodes a test starts)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def run_cli(args, timeout=300, env=None, **kw):

@@ -17,21 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, free_ports, run_cli
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _stop(proc):
@@ -62,7 +50,7 @@ def two_nodes(tmp_path_factory):
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
            "RAY_USAGE_STATS_ENABLED": "0"}
-    p = _free_ports(12)
+    p = free_ports(12)
     temp_dir = f"/tmp/rt{p[0]}"              # short: AF_UNIX socket paths are limited
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",

@@ -16,17 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import free_ports
+
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _kill_session(sid):
@@ -71,7 +63,7 @@ def test_token_auth_two_nodes(tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     base.update({"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(empty_home)})
     env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    p = _free_ports(21)
+    p = free_ports(21)
     address = f"127.0.0.1:{p[0]}"
     procs = []
     try:

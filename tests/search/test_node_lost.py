@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,23 +25,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from conftest import CLI, REPO, TINY
+from conftest import CLI, REPO, TINY, free_ports
 
 from netns import netns  # noqa: F401 - fixture
 from search.ray_guard import _psutil
 
 psutil = _psutil()
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _kill_session(proc):
@@ -89,7 +78,7 @@ def test_worker_node_lost_mid_search(tmp_path, netns):
     token = secrets.token_hex(32)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")},
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    p = _free_ports(11)
+    p = free_ports(11)
     address = f"127.0.0.1:{p[0]}"
     procs = []
     search = None

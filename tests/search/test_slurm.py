@@ -11,7 +11,6 @@ whatever of it is still alive at the end is killed by id and counted as a failur
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, free_ports
 
 SRUN = r"""#!/usr/bin/env bash
 # srun shim: skip the options, run the command on this machine (as srun does on the node)
@@ -38,16 +37,6 @@ SCONTROL = r"""#!/usr/bin/env bash
 [[ $1 == show && $2 == hostnames ]] || { echo "shim: unsupported: $*" >&2; exit 2; }
 tr ',' '\n' <<< "$3"
 """
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _session_pids(sid):
@@ -76,7 +65,7 @@ def _slurm_env(tmp_path, job_id, cpus=2):
     for name, text in [("srun", SRUN), ("scontrol", SCONTROL)]:
         (shims / name).write_text(text)
         (shims / name).chmod(0o755)
-    p = _free_ports(6)
+    p = free_ports(6)
     tokens = tmp_path / "tokens"
     tokens.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM_"))}
