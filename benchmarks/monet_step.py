@@ -74,18 +74,24 @@ class SavedBytes:
         self.ctx.__exit__(*a)
 
 
-def time_it(fn, reps, warm=2):
-    for _ in range(warm):
+def time_side_by_side(fns: dict, reps: int, every: dict) -> dict:
+    """Median seconds of each function, timed interleaved (round r times ``fns[name]`` when
+    ``r % every[name] == 0``), so that a change of machine speed during the run (other load, CPU
+    frequency) falls on every variant alike; two warm-up calls each first."""
+    for fn in fns.values():
         fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    ts = {name: [] for name in fns}
+    for r in range(reps):
+        for name, fn in fns.items():
+            if r % every.get(name, 1) == 0:
+                t0 = time.perf_counter()
+                fn()
+                ts[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in ts.items()}
 
 
-def bench(T, M, k, B, H, reps, loop_reps, device="cpu"):
+def bench(T, M, k, B, H, reps, loop_every, device="cpu"):
     spec = TaskSpec.binary([f"t{i}" for i in range(T)])
     torch.manual_seed(0)
     net = MultiOrderNet(MLPEncoder(2, 4, H), H, spec, hidden=H, M=M, k=k, seed=0).to(device).train()
@@ -110,10 +116,9 @@ def bench(T, M, k, B, H, reps, loop_reps, device="cpu"):
         floor.zero_grad(set_to_none=True)
         loss.backward()
 
-    res = {}
-    res["vectorised"] = time_it(step(lambda: net(x, y, kept=kept)), reps)
-    res["loop"] = time_it(step(lambda: reference_forward(net, x, y, kept)), loop_reps, warm=1)
-    res["floor"] = time_it(floor_step, reps)
+    res = time_side_by_side({"vectorised": step(lambda: net(x, y, kept=kept)),
+                             "loop": step(lambda: reference_forward(net, x, y, kept)),
+                             "floor": floor_step}, reps, {"loop": loop_every})
     mem = {}
     for name, fwd in (("vectorised", lambda: net(x, y, kept=kept)),
                       ("loop", lambda: reference_forward(net, x, y, kept)),
@@ -133,13 +138,14 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     settings = [("toy", 5, 120, 100, 64, 64), ("bp4d", 12, 512, 128, 16, 64)]
-    reps, loop_reps = (5, 1) if a.quick else (20, 3)
+    # (rounds, loop timed every n-th round): the loop is 10-50x slower, so fewer of its rounds
+    reps, loop_every = (9, 3) if a.quick else (30, 5)
     rows = []
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
     print(f"{'setting':8s} {'vectorised ms':>14s} {'loop ms':>10s} {'floor ms':>10s} "
           f"{'loop/vec':>9s} {'vec/floor':>10s} {'act MiB vec/loop/floor':>24s}")
     for name, T, M, k, B, H in settings:
-        r, mem = bench(T, M, k, B, H, reps, loop_reps)
+        r, mem = bench(T, M, k, B, H, reps, loop_every)
         row = dict(setting=name, T=T, M=M, k=k, B=B, H=H, **{f"{n}_ms": v * 1e3 for n, v in r.items()},
                    speedup_vs_loop=r["loop"] / r["vectorised"],
                    ratio_to_floor=r["vectorised"] / r["floor"],

@@ -23,9 +23,13 @@ Vectorisation. Under teacher forcing the hidden state after step t only depends 
 on the first t tasks of the order (their ground-truth labels are fixed), so every *distinct
 prefix* of the kept orders is computed once per example. The prefixes of the M orders form a
 trie built at construction; at step t the rows are the (example, trie node) pairs used by at
-least one kept order of that example, grouped by the task of the node, and the T task cells of
-the step run together as one batched matmul over stacked weights. There is no Python loop over
-orders, examples or cells, only over the T steps. ``tests/monet/test_models.py`` checks loss and
+least one kept order of that example, laid out in padded blocks by the task of the node, and the
+T task cells of the step run together as one batched matmul over stacked weights. The row layout
+of a batch (which slot continues which slot of the step before, where each logit lands) is index
+arithmetic on a few thousand integers, done in numpy before the forward (``plan_rows``); the
+hidden states stay in the padded layout from step to step, so a step costs one gather, two
+``bmm`` and the GRU update. There is no Python loop over orders, examples or cells, only over the
+T steps. ``tests/monet/test_models.py`` checks loss and
 gradients against a plain per-order loop (``monet.models.monet_reference``).
 
 Example:
@@ -110,6 +114,11 @@ class _Trie:
             else:
                 self.parent.append(self.node_of[t - 1][rep])
                 self.prev_task.append(orders[rep, t - 1])
+
+        # numpy copies for the row plan of each batch (``MultiOrderNet.plan_rows``): the index
+        # arithmetic is on a few thousand integers, far below the cost of a torch op
+        self.np = {name: [v.numpy() for v in getattr(self, name)]
+                   for name in ("node_of", "task", "parent", "prev_task")}
 
     def to(self, device):
         for name in ("node_of", "task", "parent", "prev_task", "seen"):
@@ -260,37 +269,39 @@ class MultiOrderNet(MultiTaskModel):
         c = 0 if self.shared_cell else c
         return self._gru(fb @ self.w_ih[c] + self.b_ih[c], h @ self.w_hh[c] + self.b_hh[c], h)
 
-    def _step(self, fb: torch.Tensor, h: torch.Tensor, task: torch.Tensor,
-              counts: Optional[list] = None) -> tuple:
-        """One recurrent step where row r uses the cell and output layer of task ``task[r]``.
+    def _cells(self, fp: torch.Tensor, hp: torch.Tensor,
+               task: Optional[torch.Tensor] = None) -> tuple:
+        """All task cells of a step at once on padded blocks: ``fp [C, n, in]`` label feedback
+        and ``hp [C, n, H]`` hidden states, block c holding the rows of cell c. Two ``bmm`` over
+        the stacked weights and one GRU update; returns ``(h_new [C, n, H], logit [C, n])``. The
+        output layer is block c's (task c), or with a shared cell each row's ``task`` ``[C * n]``."""
+        gi = torch.baddbmm(self.b_ih[:, None, :], fp, self.w_ih)                  # [C, n, 3H]
+        gh = torch.baddbmm(self.b_hh[:, None, :], hp, self.w_hh)
+        hn = self._gru(gi, gh, hp)                                                # [C, n, H]
+        if task is not None:
+            flat = hn.reshape(-1, hn.shape[-1])
+            o = (flat * self.head_w[task]).sum(-1) + self.head_b[task]
+            return hn, o.view(hn.shape[:2])
+        return hn, (hn * self.head_w[:, None, :]).sum(-1) + self.head_b[:, None]
 
-        ``fb`` [R, in], ``h`` [R, H], ``task`` [R]. All cells run together: the rows are laid
-        out in a ``[C, n_max, .]`` block (rows of cell c in block c) and multiplied with the
-        stacked weights by one ``bmm``. ``counts`` (rows per task) says the rows are already
-        sorted by task. Returns ``(h_new [R, H], logit [R])``.
-        """
+    def _step(self, fb: torch.Tensor, h: torch.Tensor, task: torch.Tensor) -> tuple:
+        """One recurrent step where row r uses the cell and output layer of task ``task[r]``
+        (``fb`` [R, in], ``h`` [R, H], ``task`` [R]; inference, Algorithm 2): the rows are laid
+        out by task in padded blocks for :meth:`_cells`. Returns ``(h_new [R, H], logit [R])``."""
         if self.shared_cell:
             h = self._gru(fb @ self.w_ih[0] + self.b_ih[0], h @ self.w_hh[0] + self.b_hh[0], h)
             return h, (h * self.head_w[task]).sum(-1) + self.head_b[task]
-        if counts is None:
-            perm = torch.argsort(task, stable=True)
-            counts = torch.bincount(task, minlength=self.T).tolist()
-            hs, os_ = self._step(fb[perm], h[perm], task[perm], counts)
-            inv = torch.empty_like(perm)
-            inv[perm] = torch.arange(len(perm), device=perm.device)
-            return hs[inv], os_[inv]
         C, R, H = self.T, h.shape[0], h.shape[1]
-        n_max = max(counts)
-        cnt = torch.tensor(counts, device=h.device)
+        perm = torch.argsort(task, stable=True)
+        cnt = torch.bincount(task, minlength=C)
+        n_max = int(cnt.max())
         start = torch.cumsum(cnt, 0) - cnt
-        flat = task * n_max + (torch.arange(R, device=h.device) - start[task])   # [R] slot
-        hp = h.new_zeros(C * n_max, H).index_copy(0, flat, h).view(C, n_max, H)
-        fp = fb.new_zeros(C * n_max, fb.shape[1]).index_copy(0, flat, fb).view(C, n_max, -1)
-        gi = torch.baddbmm(self.b_ih[:, None, :], fp, self.w_ih)                 # [C, n, 3H]
-        gh = torch.baddbmm(self.b_hh[:, None, :], hp, self.w_hh)
-        hn = self._gru(gi, gh, hp)                                                # [C, n, H]
-        o = torch.baddbmm(self.head_b[:, None, None], hn, self.head_w[:, :, None])  # [C, n, 1]
-        return hn.reshape(C * n_max, H).index_select(0, flat), o.reshape(-1).index_select(0, flat)
+        slot = torch.empty_like(perm)
+        slot[perm] = task[perm] * n_max + (torch.arange(R, device=h.device) - start[task[perm]])
+        hp = h.new_zeros(C * n_max, H).index_copy(0, slot, h).view(C, n_max, H)
+        fp = fb.new_zeros(C * n_max, fb.shape[1]).index_copy(0, slot, fb).view(C, n_max, -1)
+        hn, o = self._cells(fp, hp)
+        return hn.reshape(C * n_max, H).index_select(0, slot), o.reshape(-1).index_select(0, slot)
 
     def encode(self, x):
         return self.proj(self.encoder(x))                                   # [B, H]
@@ -323,6 +334,61 @@ class MultiOrderNet(MultiTaskModel):
             z[:, :, offs[j]:offs[j] + o.shape[1]] = o[:, None, :].expand(B, K, -1)
         return z
 
+    def plan_rows(self, kept: torch.Tensor) -> tuple:
+        """Row layout of the teacher-forced forward for the kept orders ``[B, K]``.
+
+        At step t the rows are the distinct (example, trie node) pairs of the kept orders; they
+        sit in padded blocks, block c holding the rows whose node's task is c (one block for a
+        shared cell), ``n`` slots each. Per step: ``src`` [C * n], the row of the previous step's
+        padded states (of ``h0`` at t = 0) each slot continues (padding slots repeat row 0: their
+        outputs are never read, so no gradient flows through them); ``slot`` [R], ``b`` [R],
+        ``node`` [R] and ``prev`` [R], each row's slot, example, node and the task of the step
+        before (its label is fed back); ``task`` [C * n] for a shared cell (its output layer).
+        ``where`` [B, K, T]: the position of each (example, kept order, step) logit in the
+        concatenated padded outputs of all steps. Plain numpy: a few thousand integers per step.
+        """
+        kept = kept.detach().cpu().numpy()
+        B, K = kept.shape
+        trie, C = self._trie.np, (1 if self.shared_cell else self.T)
+        plan, where, offset = [], np.empty((B, K, self.T), dtype=np.int64), 0
+        lookup_prev = slot_prev = None
+        for t in range(self.T):
+            node = trie["node_of"][t][kept]                                 # [B, K]
+            P = len(trie["task"][t])
+            key = (node * B + np.arange(B)[:, None]).ravel()
+            used = np.zeros(P * B, dtype=bool)
+            used[key] = True
+            uniq = np.flatnonzero(used)                                     # rows sorted by node
+            rank = np.cumsum(used) - 1
+            p_idx, b_idx = uniq // B, uniq % B
+            R = len(uniq)
+            inv = rank[key]
+            task = trie["task"][t][p_idx]
+            cell = np.zeros_like(task) if self.shared_cell else task
+            counts = np.bincount(cell, minlength=C)
+            n = int(counts.max())
+            start = np.cumsum(counts) - counts
+            slot = cell * n + (np.arange(R) - start[cell])
+            if t == 0:
+                src_row = b_idx
+            else:
+                src_row = slot_prev[lookup_prev[b_idx, trie["parent"][t][p_idx]]]
+            src = np.zeros(C * n, dtype=np.int64)
+            src[slot] = src_row
+            prev = trie["prev_task"][t][p_idx]
+            st = {"n": n, "src": src, "slot": slot, "b": b_idx, "node": p_idx,
+                  "fb_dst": slot * self.T + prev, "fb_src": b_idx * self.T + prev}
+            if self.shared_cell:
+                st["task"] = np.zeros(C * n, dtype=np.int64)
+                st["task"][slot] = task
+            plan.append({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                         for k, v in st.items()})
+            where[:, :, t] = slot[inv.reshape(B, K)] + offset
+            lookup_prev = np.full((B, P), -1, dtype=np.int64)
+            lookup_prev[b_idx, p_idx] = np.arange(R)
+            slot_prev, offset = slot, offset + C * n
+        return plan, where
+
     def forward(self, x, y, mask: Optional[torch.Tensor] = None,
                 kept: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> ModelOutput:
@@ -343,37 +409,27 @@ class MultiOrderNet(MultiTaskModel):
                 torch.arange(self.M).expand(B, self.M)
         kept = kept.to(dev)
         K = kept.shape[1]
-        trie = self._trie_on(dev)
         sign = self.signed_feedback(y.to(h0.dtype), mask)                    # [B, T], 0: missing
-        h_prev, lookup_prev = h0, None
-        bidx = torch.arange(B, device=dev)[:, None].expand(B, K)
-        step_logits = []
-        for t in range(self.T):
-            P = trie.task[t].shape[0]
-            node = trie.node_of[t][kept]                                     # [B, K]
-            used = torch.zeros(B, P, dtype=torch.bool, device=dev)
-            used[bidx, node] = True
-            p_idx, b_idx = used.T.nonzero(as_tuple=True)                     # rows sorted by node
-            R = b_idx.shape[0]
-            lookup = torch.full((B, P), -1, dtype=torch.long, device=dev)
-            lookup[b_idx, p_idx] = torch.arange(R, device=dev)
-            task = trie.task[t][p_idx]
-            fb = h0.new_zeros(R, self.T)                                     # label feedback
-            if t == 0:
-                h_in = h_prev.index_select(0, b_idx)
-            else:
-                h_in = h_prev.index_select(0, lookup_prev[b_idx, trie.parent[t][p_idx]])
+        plan, where = self.plan_rows(kept)
+        seen = self._trie_on(dev).seen
+        C, T = (1 if self.shared_cell else self.T), self.T
+        h_prev, outs = h0, []
+        for t, st in enumerate(plan):
+            n = st["n"]
+            hp = h_prev.index_select(0, st["src"].to(dev))                   # [C * n, H]
+            fb = h0.new_zeros(C * n, T)                                      # label feedback
+            if t > 0:
                 if self.feedback_mode == "all":
-                    fb = sign.index_select(0, b_idx) * trie.seen[t][p_idx]
+                    fb[st["slot"].to(dev)] = (sign.index_select(0, st["b"].to(dev))
+                                              * seen[t][st["node"].to(dev)])
                 else:
-                    pt = trie.prev_task[t][p_idx]
-                    fb.scatter_(1, pt[:, None], sign[b_idx, pt][:, None])
-            fb = self.feedback(fb)
-            counts = torch.bincount(task, minlength=self.T).tolist()
-            h_new, o = self._step(fb, h_in, task, counts)                     # [R, H], [R]
-            step_logits.append(o[lookup[bidx, node]])                       # [B, K]
-            h_prev, lookup_prev = h_new, lookup
-        by_step = torch.stack(step_logits, dim=2)                            # [B, K, T] step order
+                    fb.view(-1).index_copy_(0, st["fb_dst"].to(dev),
+                                            sign.reshape(-1).index_select(0, st["fb_src"].to(dev)))
+            hn, o = self._cells(self.feedback(fb).view(C, n, -1), hp.view(C, n, -1),
+                                st.get("task"))
+            h_prev = hn.reshape(C * n, -1)
+            outs.append(o.reshape(-1))
+        by_step = torch.cat(outs)[torch.from_numpy(where).to(dev)]           # [B, K, T] step order
         logits = torch.empty_like(by_step).scatter_(2, self.orders[kept], by_step)  # task order
         if self.order_logits is None:
             log_w = by_step.new_zeros(B, K)
