@@ -72,8 +72,8 @@ class SearchSettings:
     num_samples: int = 16
     max_epochs: float = 30.0          # ASHA's max_t, in epochs
     eval_every: float = 1.0           # one evaluation round, in epochs: ASHA's clock
-    grace_period: float = 3.0
-    reduction_factor: float = 3.0
+    grace_period: float = 2.0
+    reduction_factor: float = 5.0
     scheduler: str = "asha"           # asha | fifo
     sampler: str = "tpe"              # tpe | random
     n_startup_trials: int = 4
