@@ -87,7 +87,9 @@ OUT = REPO / "benchmarks" / "results" / "search_vs_peers"
 def settings_from(a) -> dict:
     """Everything that decides a run's result (a saved run is reused only when it matches)."""
     E = float(a.epochs)
-    return {"epochs": E, "grace": max(1.0, E / 10), "reduction_factor": 3.0, "slots": SLOTS,
+    from search.tune_monet import DEFAULTS, default_grace
+    return {"epochs": E, "grace": default_grace(E), "reduction_factor": DEFAULTS["reduction_factor"],
+            "slots": SLOTS,
             "retrain_seeds": list(range(a.retrain_seeds)), "grid_lr": GRID_LR,
             "quick": bool(a.quick), "T": 5, "version": 1}
 

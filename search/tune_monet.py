@@ -49,6 +49,17 @@ DEFAULTS = dict(dataset="toy", family="monet", T=5, num_samples=16, max_epochs=3
                 eval_every=1.0, grace_period=2.0, reduction_factor=5.0)
 
 
+def default_grace(max_epochs: float, eval_every: float = 1.0) -> float:
+    """ASHA's default grace period: ``max_epochs / 15``, at least one evaluation round.
+
+    With the default reduction factor of 5, replayed on the 32 recorded toy MONET curves of the
+    ASHA-vs-FIFO benchmark in 300 random trial orders (``benchmarks/asha_replay.py``), ASHA used
+    0.26 of FIFO's trial-epochs on average, <= 1/3 in 93% of the orders, and found FIFO's winner
+    in all of them; ``max_epochs / 10`` with factor 3 (the old default): 0.33, 54-60%, 89-99%
+    (README, "Search efficiency")."""
+    return max(float(eval_every), float(max_epochs) / 15)
+
+
 class BadInput(Exception):
     """A flag, file or cluster problem found before any trial starts (exit code 2)."""
 
@@ -183,12 +194,7 @@ def resolve(a) -> SearchSettings:
         raise BadInput(f"--warm-start-top: got {a.warm_start_top}; expected >= 1")
     grace = a.grace_period
     if grace is None:
-        # max_epochs / 15 with a reduction factor of 5: replayed on the 32 recorded toy MONET
-        # curves of the ASHA-vs-FIFO benchmark in 300 random trial orders
-        # (benchmarks/asha_replay.py), ASHA used 0.25 of FIFO's trial-epochs on average, <= 1/3
-        # in 93% of the orders, and found FIFO's winner in all of them; max_epochs / 10 with 3
-        # (the old default): 0.33, 55-60%, 89-99% (README, "Search efficiency")
-        grace = max(a.eval_every, a.max_epochs / 15)
+        grace = default_grace(a.max_epochs, a.eval_every)
     if not 0 < grace <= a.max_epochs:
         raise BadInput(f"--grace-period: got {grace:g}; expected in (0, --max-epochs={a.max_epochs:g}]")
     metric = a.metric or default_metric(a.dataset)
