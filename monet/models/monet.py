@@ -121,8 +121,8 @@ class _Trie:
                    for name in ("node_of", "task", "parent", "prev_task")}
 
     def to(self, device):
-        for name in ("node_of", "task", "parent", "prev_task", "seen"):
-            setattr(self, name, [v.to(device) for v in getattr(self, name)])
+        # only ``seen`` is read on the model's device; the rest is read in numpy (``self.np``)
+        self.seen = [v.to(device) for v in self.seen]
         return self
 
 
@@ -280,9 +280,12 @@ class MultiOrderNet(MultiTaskModel):
         hn = self._gru(gi, gh, hp)                                                # [C, n, H]
         if task is not None:
             flat = hn.reshape(-1, hn.shape[-1])
-            o = (flat * self.head_w[task]).sum(-1) + self.head_b[task]
-            return hn, o.view(hn.shape[:2])
+            return hn, self._head(flat, task).view(hn.shape[:2])
         return hn, (hn * self.head_w[:, None, :]).sum(-1) + self.head_b[:, None]
+
+    def _head(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Output logit ``<w_t, h> + b_t`` of each row ``h [R, H]`` with its task's layer."""
+        return (h * self.head_w[task]).sum(-1) + self.head_b[task]
 
     def _step(self, fb: torch.Tensor, h: torch.Tensor, task: torch.Tensor) -> tuple:
         """One recurrent step where row r uses the cell and output layer of task ``task[r]``
@@ -290,7 +293,7 @@ class MultiOrderNet(MultiTaskModel):
         out by task in padded blocks for :meth:`_cells`. Returns ``(h_new [R, H], logit [R])``."""
         if self.shared_cell:
             h = self._gru(fb @ self.w_ih[0] + self.b_ih[0], h @ self.w_hh[0] + self.b_hh[0], h)
-            return h, (h * self.head_w[task]).sum(-1) + self.head_b[task]
+            return h, self._head(h, task)
         C, R, H = self.T, h.shape[0], h.shape[1]
         perm = torch.argsort(task, stable=True)
         cnt = torch.bincount(task, minlength=C)
@@ -341,9 +344,11 @@ class MultiOrderNet(MultiTaskModel):
         sit in padded blocks, block c holding the rows whose node's task is c (one block for a
         shared cell), ``n`` slots each. Per step: ``src`` [C * n], the row of the previous step's
         padded states (of ``h0`` at t = 0) each slot continues (padding slots repeat row 0: their
-        outputs are never read, so no gradient flows through them); ``slot`` [R], ``b`` [R],
-        ``node`` [R] and ``prev`` [R], each row's slot, example, node and the task of the step
-        before (its label is fed back); ``task`` [C * n] for a shared cell (its output layer).
+        outputs are never read, so no gradient flows through them); ``slot`` [R], ``b`` [R] and
+        ``node`` [R], each row's slot, example and trie node; ``fb_dst`` / ``fb_src`` [R], where
+        in the flat ``[C * n, T]`` feedback and the flat ``[B, T]`` signed labels each row's
+        fed-back label (the task of the step before) goes and comes from; ``task`` [C * n] for a
+        shared cell (its output layer).
         ``where`` [B, K, T]: the position of each (example, kept order, step) logit in the
         concatenated padded outputs of all steps. Plain numpy: a few thousand integers per step.
         """
@@ -407,10 +412,10 @@ class MultiOrderNet(MultiTaskModel):
         if kept is None:
             kept = self.sample_kept(B, generator) if self.training else \
                 torch.arange(self.M).expand(B, self.M)
+        plan, where = self.plan_rows(kept)                                    # before the copy
         kept = kept.to(dev)
         K = kept.shape[1]
         sign = self.signed_feedback(y.to(h0.dtype), mask)                    # [B, T], 0: missing
-        plan, where = self.plan_rows(kept)
         seen = self._trie_on(dev).seen
         C, T = (1 if self.shared_cell else self.T), self.T
         h_prev, outs = h0, []

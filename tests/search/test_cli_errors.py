@@ -1,9 +1,8 @@
 """Bad input: one ``error:`` line naming the flag/file, exit code 2, no trial, nothing written."""
-import socket
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, free_ports, run_cli
 from search import tune_monet
 
 
@@ -21,12 +20,6 @@ def run_inproc(args, capsys):
         rc = e.code
     out = capsys.readouterr()
     return _Proc(rc, out.out, out.err)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _assert_bad(proc, *needles):
@@ -72,7 +65,7 @@ def test_bad_space_file_names_file_and_parameter(tmp_path, capsys):
 
 
 def test_unreachable_address(tmp_path):
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
     proc = run_cli(TINY + ["--address", addr, "--storage-path", str(tmp_path), "--name", "x"])
     _assert_bad(proc, "--address", addr)
     # RAY_ADDRESS is the default address

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CLI, REPO, TINY
+from conftest import CLI, REPO, TINY, free_ports
 from test_cli_errors import run_inproc
 from test_resume import _kill_session
 
@@ -123,12 +123,6 @@ def _own_netns():
     return restore
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class S3:
     """The moto server of the module: its endpoint, environment and bucket helpers."""
 
@@ -160,7 +154,7 @@ def s3(tmp_path_factory):
                       "machine's 127.0.0.1, and nothing proves that no other address is reached")
     server = None
     try:
-        port = _free_port()
+        port, = free_ports(1)
         exe = Path(sys.executable).with_name("moto_server")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
         log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
