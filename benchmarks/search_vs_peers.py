@@ -210,6 +210,10 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
             "--seed", str(seed), "--num-samples", str(n), "--max-epochs", f"{st['epochs']:g}",
             "--grace-period", f"{grace:g}", "--reduction-factor",
             f"{st['reduction_factor']:g}", "--max-concurrent", str(SLOTS), "--sampler", sampler,
+            # every round evaluated, like the peers (same trainer, and "trial-epochs until a
+            # trial first reports the target" sees every round); the default search evaluates
+            # only at ASHA's rungs (same decisions, less wall: benchmarks/search_efficiency.py)
+            "--eval-rounds", "all",
             "--storage-path", str(storage), "--name", name, "--verbose", "0"] + extra
     orig, orig_sampler = tune_monet.build_tuner, searcher.make_sampler
     if variant == "ours_mv":
@@ -628,6 +632,11 @@ def main(argv=None) -> int:
           f"epochs {st['epochs']:g}, grace {st['grace']:g}, rf {st['reduction_factor']:g}",
           flush=True)
     summary = {"settings": st, "load_at_start": load, "tasks": {}}
+    try:    # the tasks this run does not measure stay as they were
+        kept = json.loads((OUT / "summary.json").read_text()).get("tasks", {})
+        summary["tasks"].update({t: v for t, v in kept.items() if t not in a.tasks})
+    except (OSError, ValueError, AttributeError):
+        pass
     cache = {}
     try:
         with ProcessPoolExecutor(SLOTS, mp_context=mp.get_context("spawn")) as pool:

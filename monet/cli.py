@@ -166,13 +166,21 @@ def parse_float(s: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
 
 
+def _comma_list(s: str, kind, expected: str) -> list:
+    try:
+        return [kind(t) for t in str(s).split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {expected}, got {s!r}") from None
+
+
 def parse_order(s: str) -> list:
     """``2,0,1`` -> ``[2, 0, 1]`` (a task order, 0-based)."""
-    try:
-        return [int(t) for t in str(s).split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated 0-based task indices (e.g. 2,0,1), got {s!r}") from None
+    return _comma_list(s, int, "0-based task indices (e.g. 2,0,1)")
+
+
+def parse_epochs(s: str) -> list:
+    """``2,10`` -> ``[2.0, 10.0]`` (epochs)."""
+    return _comma_list(s, float, "epochs (e.g. 2,10)")
 
 
 def parse_temperatures(s: str) -> dict:
@@ -190,7 +198,8 @@ def parse_temperatures(s: str) -> dict:
     return out
 
 
-_SPECIAL_TYPES = {"order": (parse_order, "I,J,..."), "temperatures": (parse_temperatures, "G=T,..."),
+_SPECIAL_TYPES = {"order": (parse_order, "I,J,..."), "eval_at": (parse_epochs, "E,E,..."),
+                  "temperatures": (parse_temperatures, "G=T,..."),
                   "group_weights": (parse_temperatures, "G=W,...")}
 
 

@@ -128,6 +128,9 @@ class TrainConfig:
                        lo_open=True)
     eval_every: float = _f(1.0, "evaluation round length in epochs (fractions allowed)",
                            lo=0, hi=BIG, lo_open=True)
+    eval_at: Optional[list] = _f(None, "epochs after which to evaluate on validation: the first "
+                                 "round reaching each one, and always the last round (other "
+                                 "rounds report training metrics only); None: every round")
     max_steps_per_epoch: Optional[int] = _f(None, "cap on steps per epoch (quick runs on big data)",
                                             lo=1, hi=2 ** 31)
     # ---- loss -------------------------------------------------------------------------------
@@ -216,6 +219,11 @@ class TrainConfig:
         if not DEVICE_RE.match(self.device):
             raise ConfigError(f"{source}: field 'device' = {self.device!r}; expected cpu, cuda, "
                               f"cuda:N or mps")
+        if self.eval_at is not None and any(
+                isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e)
+                or not e > 0 for e in self.eval_at):
+            raise ConfigError(f"{source}: field 'eval_at' = {self.eval_at!r}; expected a list of "
+                              f"epochs > 0")
         if self.order is not None and any(isinstance(t, bool) or not isinstance(t, int)
                                           for t in self.order):
             raise ConfigError(f"{source}: field 'order' = {self.order!r}; expected a list of "

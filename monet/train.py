@@ -6,7 +6,9 @@ search's trainable uses it too), :class:`Optimizers`, :func:`train_round`, :func
 folder (``config.yaml``, ``metrics.jsonl``, TensorBoard events, the checkpoint).
 
 ``fit(config, data, report)`` trains one model and calls ``report(metrics, checkpoint_dir)``
-after every evaluation round (``config.eval_every`` epochs, fractions allowed). Metric names are
+after every round (``config.eval_every`` epochs, fractions allowed); a round evaluates on
+validation unless ``config.eval_at`` lists the epochs to evaluate at (a search's scheduler
+decisions, see :func:`evaluates`), and then only its ``train/`` metrics are reported. Names are
 flat and stable: ``train/loss``, ``val/loss``, ``val/mean_acc``, ``val/mean_f1``,
 ``val/acc/<task>``, ``val/f1/<task>``, ``order/dist_to_identity``, ``epoch``, ``round``.
 
@@ -205,6 +207,17 @@ class StepPlan:
     def round_end(self, step: int) -> int:
         """The step at which the round containing ``step`` ends."""
         return min(self.total_steps, (step // self.steps_per_round + 1) * self.steps_per_round)
+
+
+def evaluates(config: TrainConfig, plan: StepPlan, start: int, end: int) -> bool:
+    """Whether the round from step ``start`` to ``end`` ends with a validation evaluation: every
+    round when ``config.eval_at`` is None; else the last round and the first round whose epoch
+    (``end / steps_per_epoch``, the value reported) reaches each listed epoch, the same test as
+    Ray's ASHA (``epoch >= milestone``), so a scheduler deciding at those epochs sees a metric."""
+    if config.eval_at is None or end >= plan.total_steps:
+        return True
+    a, b = start / plan.steps_per_epoch, end / plan.steps_per_epoch
+    return any(a < e <= b for e in config.eval_at)
 
 
 def plan_steps(config: TrainConfig, n_train: int) -> StepPlan:
@@ -474,16 +487,20 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
         _set_order_temperature(model, c, step, plan.total_steps)
         while step < plan.total_steps:
             t0 = time.perf_counter()
+            before = step
             step, train_metrics = train_round(model, data, c, plan, optim, weights, gen, step, device)
             t1 = time.perf_counter()
             train_seconds += t1 - t0
-            val = evaluate(model, data.val, data.spec, c, weights, data.prepare, device, c.seed)
+            val = {}
+            if evaluates(c, plan, before, step):
+                val = evaluate(model, data.val, data.spec, c, weights, data.prepare, device, c.seed)
             progress["round"] += 1
             last = {"epoch": step / plan.steps_per_epoch, "round": progress["round"], "step": step,
                     **train_metrics, "lr": optim.lr, **{f"val/{k}": v for k, v in val.items()},
                     **model.order_stats(), "time/train_s": train_seconds,
                     "time/eval_s": time.perf_counter() - t1}
-            if progress["best"] is None or last["val/loss"] < progress["best"]["val/loss"]:
+            if val and (progress["best"] is None
+                        or last["val/loss"] < progress["best"]["val/loss"]):
                 progress["best"] = dict(last)
             progress["step"], progress["last"] = step, last
             folder.log(last, model)    # before the checkpoint: a resume drops lines after it
@@ -504,7 +521,9 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
 
 
 def _progress_line(m: dict) -> str:
-    s = f"epoch {m['epoch']:.2f}  train/loss {m['train/loss']:.4f}  val/loss {m['val/loss']:.4f}"
+    s = f"epoch {m['epoch']:.2f}  train/loss {m['train/loss']:.4f}"
+    if "val/loss" in m:
+        s += f"  val/loss {m['val/loss']:.4f}"
     if "val/mean_acc" in m:
         s += f"  val/mean_acc {m['val/mean_acc']:.4f}"
     if "order/dist_to_identity" in m:

@@ -202,7 +202,8 @@ def _running_rows(exp: ExperimentStore, known: set, metric: str, mode: str, fami
         row = {"trial_id": tid, "family": params.get("family", family), "state": "RUNNING",
                "stopped_early": False, "epochs": last.get("epoch"), "rounds": last.get("round"),
                f"best/{metric}": (max(vals) if mode == "max" else min(vals)) if vals else None,
-               f"last/{metric}": last.get(metric), "trial_dir": exp.shown(dname)}
+               f"last/{metric}": vals[-1] if vals else None,    # the last evaluated round
+               "trial_dir": exp.shown(dname)}
         if "order/dist_to_identity" in last:
             row["last/order/dist_to_identity"] = last["order/dist_to_identity"]
         row.update({f"config/{k}": v for k, v in _flatten(params).items()})

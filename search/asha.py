@@ -37,7 +37,7 @@ STATE_FILE = "asha_state.json"
 
 class _KnowsController:
     """A scheduler that keeps the ``tune_controller`` Ray hands to its hooks (for
-    :class:`SaveOnTrialEnd`)."""
+    :class:`SaveOnTrialStartEnd`)."""
 
     tune_controller = None
 
@@ -50,14 +50,17 @@ class _KnowsController:
         super().on_trial_complete(tune_controller, trial, result)
 
 
-class SaveOnTrialEnd(Callback):
-    """Save Ray's experiment state in the loop step in which a trial ended (Ray saves it every
-    ``TUNE_GLOBAL_CHECKPOINT_S``): a driver killed in between would otherwise resume a finished
-    trial as unfinished and start it again. Forced saves are skipped while they would take more
-    than ``max_share`` of the driver's time and the last one took over ``always_below_s`` (each
-    writes the state of every trial), so that a search of thousands of short trials stays
-    linear; Ray's own periodic save goes on. :attr:`pending` is True while a trial's end is not
-    saved yet (the tables wait for it: see ``search.results.ResultsCallback``).
+class SaveOnTrialStartEnd(Callback):
+    """Save Ray's experiment state in the loop step in which a trial started or ended (Ray saves
+    it every ``TUNE_GLOBAL_CHECKPOINT_S``, in the background): a driver killed in between would
+    otherwise resume a finished trial as unfinished and start it again, or lose a trial that
+    started (and maybe finished, told to the Optuna study) after Ray's last save: Ray would not
+    restore it, and the study would hold a trial the experiment does not (a trial's results
+    reach the study in later loop steps than its start). Forced saves are skipped while they
+    would take more than ``max_share`` of the driver's time and the last one took over
+    ``always_below_s`` (each writes the state of every trial), so that a search of thousands of
+    short trials stays linear; Ray's own periodic save goes on. :attr:`pending` is True while a
+    trial's end is not saved yet (the tables wait for it: see ``search.results.ResultsCallback``).
 
     Args:
         scheduler: the search's scheduler (:class:`PersistentASHA` or :class:`PersistentFIFO`),
@@ -73,13 +76,18 @@ class SaveOnTrialEnd(Callback):
 
     @property
     def pending(self) -> bool:
-        return self._due
+        return self._ended
+
+    _ended = False      # a trial's end is not saved yet
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._due = True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._due = True
+        self._due = self._ended = True
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._due = True
+        self._due = self._ended = True
 
     def on_step_end(self, iteration, trials, **info):
         controller = getattr(self.scheduler, "tune_controller", None)
@@ -101,11 +109,11 @@ class SaveOnTrialEnd(Callback):
             logger.warning("could not save the experiment state after a trial ended: %s", e)
         self._last_end = time.monotonic()
         self._last_cost = self._last_end - t0
-        self._due = False
+        self._due = self._ended = False
 
 
 class PersistentFIFO(_KnowsController, FIFOScheduler):
-    """``FIFOScheduler`` that lets :class:`SaveOnTrialEnd` reach the controller."""
+    """``FIFOScheduler`` that lets :class:`SaveOnTrialStartEnd` reach the controller."""
 
 
 class PersistentASHA(_KnowsController, ASHAScheduler):

@@ -154,6 +154,9 @@ class ExperimentFiles:
             trial = next(t for t in trials if t.trial_id == best["trial_id"])
             params = flatten_dict(dict(trial.config), delimiter="/")
             cfg = trial_to_train_config(self.base, params).to_dict()
+            # a retrain evaluates every round: the search's eval_at (its scheduler's decision
+            # epochs) changes which rounds are evaluated, never the training itself
+            cfg["eval_at"] = None
             doc = {
                 "metric": self.metric, "mode": self.mode, "value": best[f"last/{self.metric}"],
                 "best_round_value": best[f"best/{self.metric}"],
@@ -189,7 +192,7 @@ class ResultsCallback(Callback):
 
     def __init__(self, files: ExperimentFiles, max_share: float = 0.05, after=None):
         self.files = files
-        self.after = after          # e.g. search.asha.SaveOnTrialEnd: wait while it is pending
+        self.after = after   # e.g. search.asha.SaveOnTrialStartEnd: wait while it is pending
         self.best = None
         self.max_share = float(max_share)
         self.writes = 0
@@ -219,8 +222,8 @@ class ResultsCallback(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         # at the end of Tune's loop step, after Ray saved the experiment state (see
-        # search.asha.SaveOnTrialEnd, placed before this callback): the table never says a trial
-        # finished before a resumed search would know it
+        # search.asha.SaveOnTrialStartEnd, placed before this callback): the table never says a
+        # trial finished before a resumed search would know it
         if self._stale and self._due() and not getattr(self.after, "pending", False):
             self._refresh(trials)
 

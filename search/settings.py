@@ -92,6 +92,7 @@ class SearchSettings:
     warm_start: Optional[str] = None       # experiment folder or study URL#name to start from
     warm_start_top: int = 5
     reuse_actors: bool = True              # one Ray actor runs trial after trial (data loaded once)
+    eval_rounds: str = "decisions"         # decisions (ASHA's rungs + last round) | all
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):

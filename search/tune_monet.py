@@ -26,6 +26,7 @@ trial starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import io
 import math
@@ -33,6 +34,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epoch budget of a full trial (ASHA's max_t)")
     g.add_argument("--eval-every", type=float, default=DEFAULTS["eval_every"],
                    help="evaluation round length in epochs (fractions allowed): ASHA's clock")
+    g.add_argument("--eval-rounds", choices=("decisions", "all"), default="decisions",
+                   help="rounds that evaluate on validation: 'decisions' (default) only where "
+                        "the scheduler decides (ASHA's rungs) and the last round, 'all' every "
+                        "round (learning curves; costs about as much as training on small "
+                        "data); with --time-budget or --trial-timeout every round")
     g.add_argument("--grace-period", type=float, default=None,
                    help="epochs before ASHA may stop a trial (default: max-epochs/15, "
                         "at least one round)")
@@ -225,7 +232,19 @@ def resolve(a) -> SearchSettings:
         cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
         max_failures=a.max_failures, storage_path=storage, name=name,
         inject_fault=a.inject_fault, trial_timeout=a.trial_timeout, warm_start=a.warm_start,
-        warm_start_top=a.warm_start_top, reuse_actors=a.reuse_actors)
+        warm_start_top=a.warm_start_top, reuse_actors=a.reuse_actors, eval_rounds=a.eval_rounds)
+
+
+def decision_epochs(s: SearchSettings) -> Optional[list]:
+    """The epochs at which a trial must report the metric (``TrainConfig.eval_at``): ASHA's rung
+    milestones as Ray computes them, or none for FIFO (the last round is always evaluated);
+    None (every round) with ``--eval-rounds all``, or when a time limit may end a trial at any
+    round (``--time-budget``, ``--trial-timeout``)."""
+    if s.eval_rounds == "all" or s.time_budget or s.trial_timeout:
+        return None
+    from search.analyze import asha_rungs
+
+    return [m for m in asha_rungs(dataclasses.asdict(s)) if m < s.max_epochs]
 
 
 def base_config(a, s: SearchSettings) -> dict:
@@ -243,7 +262,8 @@ def base_config(a, s: SearchSettings) -> dict:
         d["T"] = DEFAULTS["T"]
     if s.gpus_per_trial > 0:
         d["device"] = "cuda"
-    TrainConfig.from_dict(d, source="flags")
+    TrainConfig.from_dict(d, source="flags")     # the flags' values first (one line, exit 2)
+    d["eval_at"] = decision_epochs(s)
     return d
 
 
@@ -567,6 +587,8 @@ def load_experiment(a, argv) -> tuple:
                        f"the experiment has asked for already (saved --num-samples "
                        f"{s.num_samples})")
     s = s.replace(**budget)
+    if base.get("eval_at") is not None:     # a --time-budget given now: every round
+        base["eval_at"] = decision_epochs(s)
     return s, base, saved.get("space_overrides") or {}
 
 
@@ -671,10 +693,14 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"      # the classic reporter, with our columns
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    if base.get("eval_at") is not None:
+        # rounds between scheduler decisions report train/ metrics only; that the metric is
+        # reported at all was checked before Ray started (check_trainable)
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.asha import STATE_FILE, PersistentASHA, PersistentFIFO, SaveOnTrialEnd
+    from search.asha import STATE_FILE, PersistentASHA, PersistentFIFO, SaveOnTrialStartEnd
     from search.results import ExperimentFiles, ResultsCallback
     from search.searcher import BudgetedSearchGenerator, BudgetHonestOptunaSearch, make_sampler
     from search.trainable import train_trial, trial_dirname
@@ -690,7 +716,7 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
     else:
         scheduler = PersistentFIFO()
     # the state is saved before the tables are written, in the same loop step
-    callbacks = [SaveOnTrialEnd(scheduler)]
+    callbacks = [SaveOnTrialStartEnd(scheduler)]
     callbacks.append(ResultsCallback(ExperimentFiles(store, s.metric, s.mode, base, s.dataset),
                                      after=callbacks[0]))
     failure = tune.FailureConfig(max_failures=s.max_failures)

@@ -36,6 +36,32 @@ def test_eval_rounds_in_fractions_of_an_epoch():
     assert seen == [(0.5, 1, 1, 3), (1.0, 2, 2, 6)]
 
 
+def test_eval_at_evaluates_only_the_listed_epochs_and_the_last_round():
+    """eval_at=[1, 2.2]: the first round reaching each epoch (the test ASHA applies to the
+    reported epoch) and the last one evaluate; the others report train/ metrics only, and the
+    evaluated rounds report exactly what evaluating every round reports."""
+    c = TrainConfig(**SMALL, family="monet", M=6, k=3, warmup=1, epochs=3, eval_every=0.5)
+    data = load_dataset(c)
+    every, some = [], []
+    fit(c, data, report=lambda m, ck: every.append(m))
+    res = fit(c.replace(eval_at=[1.0, 2.2]), data, report=lambda m, ck: some.append(m))
+    assert [m["epoch"] for m in some] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert [m["epoch"] for m in some if "val/loss" in m] == [1.0, 2.5, 3.0]
+    for a, b in zip(every, some):
+        assert a["train/loss"] == b["train/loss"]           # training is untouched
+        if "val/loss" in b:
+            assert {k: v for k, v in a.items() if k.startswith("val/")} == \
+                   {k: v for k, v in b.items() if k.startswith("val/")}
+        else:
+            assert not [k for k in b if k.startswith("val/")]
+    assert res["best"]["epoch"] in (1.0, 2.5, 3.0)
+    only_last = []
+    fit(c.replace(eval_at=[]), data, report=lambda m, ck: only_last.append(m))
+    assert [m["epoch"] for m in only_last if "val/loss" in m] == [3.0]
+    with pytest.raises(ConfigError, match="field 'eval_at'"):
+        c.replace(eval_at=[0, 1])
+
+
 @pytest.mark.parametrize("family,extra", [("monet", dict(M=6, k=3, warmup=1)),
                                           ("vmns", dict(dropout=0.3))])
 def test_resume_gives_identical_weights(tmp_path, family, extra):

@@ -133,3 +133,51 @@ def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
 
     got = _decisions(exp)
     assert [(p, s, e) for _, p, s, e in got] == [(p, s, e) for _, p, s, e in want]
+
+
+def _ray_state_trials(exp):
+    """Trial ids in the newest experiment_state of ``exp`` (what Ray restores)."""
+    newest = sorted(exp.glob("experiment_state-*.json"))[-1]
+    return {json.loads(t)["trial_id"] for t, _ in json.loads(newest.read_text())["trial_data"]}
+
+
+def test_a_started_trial_is_in_rays_saved_state_before_it_reports(tmp_path):
+    """Ray saves its experiment state every TUNE_GLOBAL_CHECKPOINT_S (here: not again after the
+    first save). A driver killed while the second trial runs must still find that trial in the
+    saved state, so that the resume continues it (one more start, from its checkpoint) instead of
+    asking for a new trial and leaving the study with one the experiment does not have."""
+    args = _args(tmp_path, "k")
+    args[args.index("--num-samples") + 1] = "3"
+    env = {**os.environ, **ENV, "TUNE_GLOBAL_CHECKPOINT_S": "100000"}
+    exp = tmp_path / "k"
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(CLI + args, cwd=str(REPO), env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the second trial never reported"
+            started = [d for d in exp.glob("trial_*") if (d / "metrics.jsonl").is_file()
+                       and (d / "metrics.jsonl").read_text().strip()]
+            if len(started) == 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    ran = {d.name[len("trial_"):] for d in started}
+    assert ran <= _ray_state_trials(exp), (ran, _ray_state_trials(exp))
+    time.sleep(2)                                  # the watchdog ends the killed driver's Ray
+    res = run_cli(["--resume", "--storage-path", str(tmp_path), "--name", "k", "--verbose", "0"],
+                  env=ENV, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    df = pd.read_parquet(exp / "trials.parquet")
+    assert len(df) == 3 and ran <= set(df["trial_id"]), (ran, list(df["trial_id"]))
+    study = optuna.load_study(study_name="k", storage=f"sqlite:///{exp / 'study.db'}")
+    assert [t.state.name for t in study.trials].count("FAIL") == 0     # no trial lost
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials) == sorted(df["trial_id"])

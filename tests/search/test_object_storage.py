@@ -206,8 +206,11 @@ def test_search_kill_resume_and_analysis_on_s3(s3, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("batch_size: 16\n")        # 6 steps an epoch: trials last a few seconds
     # ASHA's only rung is the full budget (no trial stops early): a trial is mid-run long enough
+    # every round evaluated (--eval-rounds all): the trials last long enough for Ray's periodic
+    # save to catch the second one mid-run
     args = TINY + ["--family", "vmnc", "--num-samples", "2", "--max-epochs", "6",
-                   "--eval-every", "0.5", "--grace-period", "6", "--reduction-factor", "2",
+                   "--eval-every", "0.5", "--eval-rounds", "all",
+                   "--grace-period", "6", "--reduction-factor", "2",
                    "--space", str(space), "--max-concurrent", "1", "--num-cpus", "2",
                    "--verbose", "0", "--storage-path", f"s3://{BUCKET}", "--name", name]
     log = open(tmp_path / "first.log", "w")

@@ -67,7 +67,8 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
     space.write_text("batch_size: 16\n")        # 6 steps an epoch: trials last a few seconds
     args = TINY + ["--family", "vmnc", "--num-samples", "5", "--max-epochs", "30",
                    "--space", str(space),
-                   "--eval-every", "0.5", "--scheduler", "fifo", "--max-concurrent", "2",
+                   "--eval-every", "0.5", "--eval-rounds", "all",   # trials of a few seconds
+                   "--scheduler", "fifo", "--max-concurrent", "2",
                    "--num-cpus", "2", "--optuna-storage", db, "--verbose", "0",
                    "--storage-path", str(tmp_path), "--name", name]
     env = {**os.environ, **ENV}

@@ -84,12 +84,24 @@ def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, 
         assert r["rounds"] == -(-plan.total_steps // plan.steps_per_round), r
         assert r["rounds"] == (6 if r["config/batch_size"] < 96 else 3), r
     # Optuna: PRUNED (with intermediate values) for ASHA-stopped, COMPLETE for full budget
+    # --eval-rounds decisions (default): validation only at ASHA's rungs (0.5, 1, 2 epochs) and
+    # at the end; the Optuna steps are exactly the evaluated rounds
+    assert cfg["base"]["eval_at"] == [0.5, 1.0, 2.0]
+    assert best["config"]["eval_at"] is None          # a retrain evaluates every round
     ot = by_ray_id(study)
     assert len(study.trials) == 6
     for _, r in df.iterrows():
         t = ot[r["trial_id"]]
         steps = sorted(t.intermediate_values)
-        assert steps == list(range(1, int(r["rounds"]) + 1))
+        rows = [json.loads(x) for x in (exp / r["trial_dir"].rsplit("/", 1)[-1] / "metrics.jsonl")
+                .read_text().splitlines()]
+        assert len(rows) == r["rounds"]
+        epochs = [0.0] + [x["epoch"] for x in rows]
+        want = [i for i in range(1, len(epochs)) if any(epochs[i - 1] < m <= epochs[i]
+                                                         for m in (0.5, 1.0, 2.0))]
+        if not r["stopped_early"] and len(rows) not in want:
+            want.append(len(rows))
+        assert steps == want == [x["round"] for x in rows if "val/mean_acc" in x], (steps, want)
         if r["stopped_early"]:
             assert t.state == optuna.trial.TrialState.PRUNED
             assert r["epochs"] < 3
@@ -193,3 +205,30 @@ def test_nonfinite_trials_are_not_retried(ray_local, tmp_path):
     d = exp / df["trial_dir"][0].rsplit("/", 1)[-1]
     assert (d / "nonfinite.txt").is_file()
     assert study.trials[0].state.name == "FAIL"
+
+
+def test_evaluating_only_at_decisions_changes_no_decision(ray_local, tmp_path):
+    """The same seeded search (one trial at a time) with --eval-rounds all and the default
+    (decisions): the same trials stopped at the same epochs, the same final metrics, and
+    validation ran only at ASHA's rungs and at the end."""
+    space = tmp_path / "space.yaml"
+    space.write_text("batch_size: 16\n")          # 6 steps an epoch: 8 rounds of a quarter
+    args = ("--family", "vmnc", "--space", str(space), "--num-samples", "5", "--max-epochs", "2",
+            "--eval-every", "0.25",
+            "--grace-period", "0.5", "--reduction-factor", "2", "--max-concurrent", "1",
+            "--sampler", "random", "--seed", "4")
+    rc_all, exp_all, df_all, _ = search(tmp_path, "all", *args, "--eval-rounds", "all")
+    rc, exp, df, _ = search(tmp_path, "decisions", *args)
+    assert rc == rc_all == 0
+    cols = ["config/optuna_trial", "epochs", "rounds", "stopped_early", "last/val/mean_acc",
+            "last/val/loss"]
+    a = df_all.sort_values("config/optuna_trial")[cols].reset_index(drop=True)
+    b = df.sort_values("config/optuna_trial")[cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["stopped_early"].any() and not a["stopped_early"].all()
+
+    def evaluated(e):
+        return sum("val/loss" in json.loads(x) for d in e.glob("trial_*")
+                   for x in (d / "metrics.jsonl").read_text().splitlines())
+    assert evaluated(exp_all) == a["rounds"].sum() >= 2 * evaluated(exp)
+    assert yaml.safe_load((exp_all / "config.yaml").read_text())["base"]["eval_at"] is None
