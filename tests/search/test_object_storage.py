@@ -56,7 +56,9 @@ print(json.dumps(out))
 """
 
 # Wait until the experiment state Ray saved in the bucket has a finished trial and an unfinished
-# one that reported (every round writes a checkpoint): a driver killed now must resume both.
+# one with a checkpoint: Ray's record of it, or the trial's own checkpoint object (which the
+# trial reads when restarted; Ray's periodic save may not land in the bucket mid-trial, and the
+# save forced at the trial's start has no checkpoint yet): a driver killed now must resume both.
 WAITER = r"""
 import json, sys, time
 import pyarrow.fs as pafs
@@ -73,7 +75,9 @@ while time.monotonic() < deadline:
     except (IndexError, FileNotFoundError, ValueError):
         trials = []
     done = [t for t, r in trials if r.get("done")]
-    mid = [t for t, r in trials if not r.get("done") and r.get("checkpoint_dir_name")]
+    mid = [t for t, r in trials if not r.get("done") and (r.get("checkpoint_dir_name") or
+           fs.get_file_info(f"{root}/trial_{t}/checkpoint/checkpoint.pt").type
+           == pafs.FileType.File)]
     if done and mid:
         print(" ".join(done) + "|" + " ".join(mid))
         sys.exit(0)
@@ -205,9 +209,8 @@ def test_search_kill_resume_and_analysis_on_s3(s3, tmp_path):
     name = "exp"
     space = tmp_path / "space.yaml"
     space.write_text("batch_size: 16\n")        # 6 steps an epoch: trials last a few seconds
-    # ASHA's only rung is the full budget (no trial stops early): a trial is mid-run long enough
-    # every round evaluated (--eval-rounds all): the trials last long enough for Ray's periodic
-    # save to catch the second one mid-run
+    # ASHA's only rung is the full budget (no trial stops early); every round evaluated and
+    # checkpointed (--eval-rounds all): the second trial has checkpoints well before it ends
     args = TINY + ["--family", "vmnc", "--num-samples", "2", "--max-epochs", "6",
                    "--eval-every", "0.5", "--eval-rounds", "all",
                    "--grace-period", "6", "--reduction-factor", "2",
