@@ -227,8 +227,16 @@ def test_evaluating_only_at_decisions_changes_no_decision(ray_local, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert a["stopped_early"].any() and not a["stopped_early"].all()
 
-    def evaluated(e):
-        return sum("val/loss" in json.loads(x) for d in e.glob("trial_*")
-                   for x in (d / "metrics.jsonl").read_text().splitlines())
-    assert evaluated(exp_all) == a["rounds"].sum() >= 2 * evaluated(exp)
+    def rounds(e):      # per trial: [(epoch, evaluated)] in round order
+        return [[(r["epoch"], "val/loss" in r) for r in map(json.loads, (
+            d / "metrics.jsonl").read_text().splitlines())] for d in sorted(e.glob("trial_*"))]
+    assert sum(ev for t in rounds(exp_all) for _, ev in t) == a["rounds"].sum()
+    # decisions: the first round reaching each rung (0.5 and 1 epoch: grace 0.5, factor 2) and
+    # the last round of the full budget (2 epochs), nothing else
+    for t in rounds(exp):
+        epochs = [e for e, _ in t]
+        want = {min(e for e in epochs if e >= rung) for rung in (0.5, 1.0)
+                if any(e >= rung for e in epochs)} | ({2.0} if epochs[-1] == 2.0 else set())
+        assert {e for e, ev in t if ev} == want, t
+    assert sum(ev for t in rounds(exp) for _, ev in t) < a["rounds"].sum()
     assert yaml.safe_load((exp_all / "config.yaml").read_text())["base"]["eval_at"] is None
