@@ -67,8 +67,7 @@ METHODS = ("ours", "ray_stock", "optuna", "random_asha", "grid")
 PEERS = METHODS[1:]
 # changes to ours that issue 14 suggests, measured with --methods (not in the default run):
 VARIANTS = {
-    "ours_uni": "independent TPE (Optuna's default, as the stock recipe has it) instead of "
-                "ours' multivariate=True, group=True",
+    "ours_mv": "--sampler tpe-mv: multivariate TPE with group=True (the default before stop 12)",
     "ours_grace": "ASHA grace period >= the largest MONET warmup (min(5, epochs/2))",
     "ours_sharp": "order_temp_final searched (0.01..1 log): pi sharpened late in training",
 }
@@ -189,15 +188,15 @@ def _winner(cfg: dict) -> dict:
 def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=None) -> dict:
     """The CLI's own path (``tune_monet.run``), with the budget stopper added to its run config
     (and one of :data:`VARIANTS`)."""
-    import functools
-
-    from search import searcher, tune_monet
+    from search import tune_monet
 
     reading, family, _ = TASKS[task]
     tag = variant or ("ours" if sampler == "tpe" else "random")
     name = f"{task}-{tag}-s{seed}-{time.strftime('%H%M%S')}"
     grace = st["grace"]
     extra = []
+    if variant == "ours_mv":
+        sampler = "tpe-mv"
     if variant == "ours_grace":
         grace = max(grace, min(5.0, st["epochs"] / 2))
     if variant == "ours_sharp":
@@ -216,9 +215,7 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
             # only at ASHA's rungs (same decisions, less wall: benchmarks/search_efficiency.py)
             "--eval-rounds", "all",
             "--storage-path", str(storage), "--name", name, "--verbose", "0"] + extra
-    orig, orig_sampler = tune_monet.build_tuner, searcher.make_sampler
-    if variant == "ours_uni":
-        searcher.make_sampler = functools.partial(orig_sampler, multivariate=False)
+    orig = tune_monet.build_tuner
 
     def with_stopper(*a, **kw):
         tuner = orig(*a, **kw)
@@ -231,7 +228,7 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
         with _quiet(Path(storage) / f"{name}.log"):
             rc = tune_monet.run(argv)
     finally:
-        tune_monet.build_tuner, searcher.make_sampler = orig, orig_sampler
+        tune_monet.build_tuner = orig
     exp = Path(storage) / name
     import pandas as pd
     import yaml

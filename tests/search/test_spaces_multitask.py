@@ -8,6 +8,7 @@ import pytest
 from monet.data.affwild2 import spec as affwild2_spec
 from monet.errors import ConfigError
 from monet.tasks import TaskSpec
+from search import tune_monet
 from search.searcher import make_sampler
 from search.spaces import FAMILIES_ALL, SearchSpace, trial_to_train_config
 
@@ -71,10 +72,19 @@ def test_family_all_samples_every_family_and_tpe_multivariate_group_works():
     space = SearchSpace.build(list(FAMILIES_ALL), AFF, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        ps = sample(space, 30, sampler=make_sampler("tpe", 0, n_startup_trials=10))
+        ps = sample(space, 30, sampler=make_sampler("tpe-mv", 0, n_startup_trials=10))
     assert {p["family"] for p in ps} >= {"mtt", "mtca"}
-    tpe = make_sampler("tpe", 0, 5)
+    tpe = make_sampler("tpe-mv", 0, 5)
     assert tpe._multivariate and tpe._group
+    # the default, --sampler tpe, models each parameter on its own (search_vs_peers measured it
+    # better at 20-50 trials); k is still drawn within 1..M
+    tpe = make_sampler("tpe", 0, 5)
+    assert not tpe._multivariate and not tpe._group
+    tuner_args = tune_monet.build_parser().parse_args([])
+    assert tuner_args.sampler == "tpe"
+    assert tune_monet.build_parser().parse_args(["--sampler", "tpe-mv"]).sampler == "tpe-mv"
+    for p in sample(SearchSpace.build(["monet"], AFF, 10), 25, sampler=tpe):
+        assert 1 <= p["k"] <= p["M"]
     names = set(space.names()) - {"family"}
     for p in ps:
         assert names <= set(p)             # every trial config has every column
