@@ -72,13 +72,12 @@ class SaveOnTrialStartEnd(Callback):
     def __init__(self, scheduler, max_share: float = 0.05):
         self.scheduler, self.max_share = scheduler, float(max_share)
         self._due = False
+        self._ended = False      # a trial's end is not saved yet
         self._last_end, self._last_cost = -math.inf, 0.0
 
     @property
     def pending(self) -> bool:
         return self._ended
-
-    _ended = False      # a trial's end is not saved yet
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._due = True
@@ -106,7 +105,7 @@ class SaveOnTrialStartEnd(Callback):
             if syncer is not None:
                 syncer.wait()
         except Exception as e:  # noqa: BLE001 - Ray's periodic save still runs
-            logger.warning("could not save the experiment state after a trial ended: %s", e)
+            logger.warning("could not save the experiment state after a trial started or ended: %s", e)
         self._last_end = time.monotonic()
         self._last_cost = self._last_end - t0
         self._due = self._ended = False

@@ -464,8 +464,7 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
 
 
 def make_sampler(kind: str, seed: int, n_startup_trials: int,
-                 history: Optional[int] = DEFAULT_TPE_HISTORY,
-                 multivariate: Optional[bool] = None):
+                 history: Optional[int] = DEFAULT_TPE_HISTORY):
     """``tpe``, ``tpe-mv`` or ``random`` (all seeded).
 
     TPE: ``constant_liar=True`` for parallel trials; a bounded history (see
@@ -476,15 +475,12 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int,
     modelled jointly within their group (an experimental Optuna feature). ``tpe`` is the default:
     at the budgets ``benchmarks/search_vs_peers.py`` measures (about 20-50 trials), its winners
     scored 86.6 on toy ``bits`` against 83.7 for ``tpe-mv`` (3 search seeds, README).
-    ``multivariate`` overrides what ``kind`` says.
     """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind not in ("tpe", "tpe-mv"):
         raise ValueError(f"sampler {kind!r}: expected tpe, tpe-mv or random")
-    if multivariate is None:
-        multivariate = kind == "tpe-mv"
-    kw = {"multivariate": True, "group": True} if multivariate else {}
+    kw = {"multivariate": True, "group": True} if kind == "tpe-mv" else {}
     with warnings.catch_warnings():       # multivariate/group are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return WindowedTPESampler(history=history, seed=seed, constant_liar=True,

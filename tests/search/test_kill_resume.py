@@ -73,6 +73,31 @@ def _decisions(exp):
              float(r["epochs"])) for _, r in df.iterrows()]
 
 
+def _sigkill_when(argv, log_path, ready, what, env=None, before_kill=None, timeout=400):
+    """Run the CLI with ``argv`` in a session of its own until ``ready()`` (the driver still
+    running), call ``before_kill()``, SIGKILL the driver (no cleanup) and give the watchdog 2 s to
+    end the killed driver's Ray processes. ``what``: the failure message if never ready."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(CLI + argv, cwd=str(REPO), env={**os.environ, **ENV, **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and proc.poll() is None:
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        if before_kill is not None:
+            before_kill()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    time.sleep(2)                     # the watchdog ends the killed driver's Ray processes
+
+
 def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
     ref = run_cli(_args(tmp_path, "reference"), env=ENV, timeout=600)
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
@@ -83,31 +108,18 @@ def test_five_sigkills_and_resumes_match_an_uninterrupted_search(tmp_path):
 
     name, exp = "killed", tmp_path / "killed"
     args = _args(tmp_path, name)
-    env = {**os.environ, **ENV}
     finished_before_a_kill, kills = {}, []
+
+    def before_kill(k):
+        for tid in _finished(exp):      # attempts so far of each finished trial
+            finished_before_a_kill.setdefault(tid, _attempts(exp, tid))
+        kills.append((k, _rounds(exp)))
+
     for i, k in enumerate(moments):
         argv = args if i == 0 else ["--resume", "--storage-path", str(tmp_path), "--name", name,
                                     "--verbose", "0"]
-        log = open(tmp_path / f"run{i}.log", "w")
-        proc = subprocess.Popen(CLI + argv, cwd=str(REPO), env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 400
-            while _rounds(exp) < k and proc.poll() is None:
-                assert time.monotonic() < deadline, f"round {k} never reached"
-                time.sleep(0.1)
-            assert proc.poll() is None, (tmp_path / f"run{i}.log").read_text()[-3000:]
-            for tid in _finished(exp):      # attempts so far of each finished trial
-                finished_before_a_kill.setdefault(tid, _attempts(exp, tid))
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills.append((k, _rounds(exp)))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-        time.sleep(2)                     # the watchdog ends the killed driver's Ray processes
+        _sigkill_when(argv, tmp_path / f"run{i}.log", lambda: _rounds(exp) >= k,
+                      f"round {k} never reached", before_kill=lambda: before_kill(k))
     print("killed at (round wanted, rounds seen):", kills)
 
     res = run_cli(["--resume", "--storage-path", str(tmp_path), "--name", name, "--verbose", "0"],
@@ -148,31 +160,18 @@ def test_a_started_trial_is_in_rays_saved_state_before_it_reports(tmp_path):
     asking for a new trial and leaving the study with one the experiment does not have."""
     args = _args(tmp_path, "k")
     args[args.index("--num-samples") + 1] = "3"
-    env = {**os.environ, **ENV, "TUNE_GLOBAL_CHECKPOINT_S": "100000"}
     exp = tmp_path / "k"
-    log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen(CLI + args, cwd=str(REPO), env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None:
-            assert time.monotonic() < deadline, "the second trial never reported"
-            started = [d for d in exp.glob("trial_*") if (d / "metrics.jsonl").is_file()
-                       and (d / "metrics.jsonl").read_text().strip()]
-            if len(started) == 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    started = []
+
+    def two_reported():
+        started[:] = [d for d in exp.glob("trial_*") if (d / "metrics.jsonl").is_file()
+                      and (d / "metrics.jsonl").read_text().strip()]
+        return len(started) == 2
+
+    _sigkill_when(args, tmp_path / "run.log", two_reported, "the second trial never reported",
+                  env={"TUNE_GLOBAL_CHECKPOINT_S": "100000"}, timeout=300)
     ran = {d.name[len("trial_"):] for d in started}
     assert ran <= _ray_state_trials(exp), (ran, _ray_state_trials(exp))
-    time.sleep(2)                                  # the watchdog ends the killed driver's Ray
     res = run_cli(["--resume", "--storage-path", str(tmp_path), "--name", "k", "--verbose", "0"],
                   env=ENV, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -50,6 +50,14 @@ def read_events(path):
     return tags
 
 
+def decision_rounds(epochs, rungs, full: bool) -> list:
+    """The rounds (1-based) that --eval-rounds decisions evaluates, from the epochs the rounds
+    reported: the first round reaching each rung, and the last round of a full-budget trial."""
+    e = [0.0] + list(epochs)
+    want = [i for i in range(1, len(e)) if any(e[i - 1] < m <= e[i] for m in rungs)]
+    return want + [len(epochs)] if full and len(epochs) not in want else want
+
+
 def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, tmp_path):
     rc, exp, df, study = search(
         tmp_path, "smoke", "--family", "vmnc", "--num-samples", "6", "--max-epochs", "3",
@@ -96,11 +104,8 @@ def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, 
         rows = [json.loads(x) for x in (exp / r["trial_dir"].rsplit("/", 1)[-1] / "metrics.jsonl")
                 .read_text().splitlines()]
         assert len(rows) == r["rounds"]
-        epochs = [0.0] + [x["epoch"] for x in rows]
-        want = [i for i in range(1, len(epochs)) if any(epochs[i - 1] < m <= epochs[i]
-                                                         for m in (0.5, 1.0, 2.0))]
-        if not r["stopped_early"] and len(rows) not in want:
-            want.append(len(rows))
+        want = decision_rounds([x["epoch"] for x in rows], (0.5, 1.0, 2.0),
+                               full=not r["stopped_early"])
         assert steps == want == [x["round"] for x in rows if "val/mean_acc" in x], (steps, want)
         if r["stopped_early"]:
             assert t.state == optuna.trial.TrialState.PRUNED
@@ -234,9 +239,7 @@ def test_evaluating_only_at_decisions_changes_no_decision(ray_local, tmp_path):
     # decisions: the first round reaching each rung (0.5 and 1 epoch: grace 0.5, factor 2) and
     # the last round of the full budget (2 epochs), nothing else
     for t in rounds(exp):
-        epochs = [e for e, _ in t]
-        want = {min(e for e in epochs if e >= rung) for rung in (0.5, 1.0)
-                if any(e >= rung for e in epochs)} | ({2.0} if epochs[-1] == 2.0 else set())
-        assert {e for e, ev in t if ev} == want, t
+        want = decision_rounds([e for e, _ in t], (0.5, 1.0), full=t[-1][0] == 2.0)
+        assert [i for i, (_, ev) in enumerate(t, 1) if ev] == want, t
     assert sum(ev for t in rounds(exp) for _, ev in t) < a["rounds"].sum()
     assert yaml.safe_load((exp_all / "config.yaml").read_text())["base"]["eval_at"] is None
