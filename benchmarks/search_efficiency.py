@@ -371,19 +371,29 @@ def main(argv=None) -> int:
               "overhead", "tpe_vs_random"):     # parts not measured in this run stay as they were
         if old.get(k):
             report[k] = old[k]
+    # when and under what load each part was measured (kept for the parts this run leaves as
+    # they were; the top-level stamps and settings describe this run only)
+    report["measured"] = dict(old.get("measured", {}))
     out.parent.mkdir(parents=True, exist_ok=True)
+    part_start = [stamp, load0]
 
-    def save():
+    def save(part=None):
         from monet.io import atomic_write_json
+        if part is not None:
+            report["measured"][part] = {
+                "started": part_start[0], "finished": time.strftime("%Y%m%d-%H%M%S"),
+                "load_at_start": part_start[1], "load_at_end": os.getloadavg(),
+                "settings": vars(a)}
+            part_start[:] = [time.strftime("%Y%m%d-%H%M%S"), os.getloadavg()]
         atomic_write_json(out, report)
 
     try:
         if a.only in (None, "step"):   # first: nothing else running in this process yet
             report["step"] = step_runs(a.step_runs)
-            save()
+            save("step")
         if a.only in (None, "parts"):
             report["trial_parts"] = trial_parts(2 if a.quick else 5)
-            save()
+            save("trial_parts")
         if a.only in (None, "compare"):
             runs = {k: v for k, v in old.get("runs", {}).items()
                     if k in RUNS and v.get("key") == key}
@@ -438,11 +448,11 @@ def main(argv=None) -> int:
                       f"{o['idle_tail_slot_s']:g} slot-s, left out): "
                       f"{100 * o['overhead_outside_train_busy']:.0f}%, evaluation "
                       f"{100 * ev_busy:.0f}%", flush=True)
-            save()
+            save("compare")
         if a.only in (None, "short"):
             report["short_trials"] = short_trials(storage, stamp, a.short_trials, a.seed, slots,
                                                   repeats=1 if a.quick else a.repeats)
-            save()
+            save("short_trials")
         if a.only == "headline":
             args = ["--dataset", "toy", "--T", "5", "--family", "monet", "--seed", str(a.seed),
                     "--num-samples", str(a.headline_samples),
@@ -458,7 +468,7 @@ def main(argv=None) -> int:
             h["budget"] = {"num_samples": a.headline_samples, "max_epochs": a.headline_epochs,
                            "trial_epochs": h["trial_epochs"], "wall_s": h["wall_s"]}
             report["headline"] = h
-            save()
+            save("headline")
     finally:
         report["finished"] = time.strftime("%Y%m%d-%H%M%S")
         report["load_at_end"] = os.getloadavg()
