@@ -65,7 +65,10 @@ PAPER_MONET_TOY = 0.901
 TUNED_BITS = {"vmnc": 0.933, "monet": 0.940}
 TUNED_BITS_SEED0 = {"vmnc": 0.9216, "monet": 0.908}
 RUNS = {"asha_random": ["--sampler", "random"],
-        "fifo_random": ["--scheduler", "fifo", "--sampler", "random"], "asha_tpe": []}
+        "fifo_random": ["--scheduler", "fifo", "--sampler", "random"], "asha_tpe": [],
+        # the same ASHA search with the exact val/loss over all M orders (the default before
+        # --val-loss sampled): the A/B of the evaluation's cost, side by side in one run
+        "asha_random_exact": ["--sampler", "random", "--val-loss", "exact"]}
 DEFAULT_RUNS = ["asha_random", "fifo_random"]
 
 
@@ -368,7 +371,7 @@ def main(argv=None) -> int:
     report = {"machine": f"{os.cpu_count()} CPUs", "slots": slots, "seed": a.seed,
               "started": stamp, "settings": vars(a), "load_at_start": load0}
     for k in ("headline", "short_trials", "step", "trial_parts", "runs", "asha_vs_fifo",
-              "overhead", "tpe_vs_random"):     # parts not measured in this run stay as they were
+              "overhead", "tpe_vs_random", "overhead_history"):   # parts not run stay as they were
         if old.get(k):
             report[k] = old[k]
     # when and under what load each part was measured (kept for the parts this run leaves as
@@ -437,6 +440,14 @@ def main(argv=None) -> int:
                     "overhead_outside_train_busy", "overhead_outside_train_eval_busy",
                     "busy_slot_s", "idle_tail_slot_s")}
                 for t in runs}
+            # every compare run's overhead figures, so that repeated runs are all on record
+            hist = list(old.get("overhead_history", []))
+            hist += [{"started": stamp, "search": t, "load_at_start": load0,
+                      "load_at_end": os.getloadavg(), **report["overhead"][t],
+                      "wall_s": runs[t]["wall_s"], "train_s": runs[t]["train_s"],
+                      "eval_s": runs[t]["eval_s"], "trial_epochs": runs[t]["trial_epochs"]}
+                     for t in a.runs]
+            report["overhead_history"] = hist
             for t, o in report["overhead"].items():
                 ev = o["overhead_outside_train"] - o["overhead_outside_train_eval"]
                 ev_busy = o["overhead_outside_train_busy"] - o["overhead_outside_train_eval_busy"]

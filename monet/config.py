@@ -100,6 +100,11 @@ class TrainConfig:
                                    "geometrically from 1 to order_temp_final", lo=0, hi=1,
                                    hi_open=True)
     L: int = _f(20, "mrnn/monet: inference trajectories", lo=1, hi=BIG)
+    val_loss: str = _f("exact", "monet: validation loss over all M orders with the full pi "
+                       "('exact') or over the L orders the evaluation's trajectories draw "
+                       "from pi ('sampled': -log of their mean likelihood, unbiased for the "
+                       "mixture likelihood, about L/M of the cost; exact when M <= L)",
+                       choices=("exact", "sampled"))
     order: Optional[list] = _f(None, "oracle / mrnn: the task order (0-based indices); None: "
                                "seeded random")
     d_model: int = _f(768, "mtt: token width d (paper 003: 768); mtca: AU node width",

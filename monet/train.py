@@ -31,6 +31,7 @@ CLI:
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 import time
@@ -147,17 +148,28 @@ def compute_loss(model, out, y, mask, spec, weights, config, warming: bool = Fal
 def evaluate(model, split, spec, config: TrainConfig, weights: torch.Tensor,
              prepare: Optional[Callable] = None, device="cpu", seed: int = 0) -> dict:
     """Metrics of ``model`` on ``split``: the protocol metrics of ``monet.metrics`` computed from
-    L-trajectory predictions, plus ``loss`` (the mixture NLL with the full pi)."""
+    L-trajectory predictions, plus ``loss``: the mixture NLL with the full pi over all M orders
+    (``config.val_loss == "exact"``), or, with ``"sampled"`` and L < M, ``-log`` of the mean
+    likelihood under the L orders the trajectories drew from pi (per example), an unbiased
+    estimate of the mixture likelihood at about L/M of the cost. The predictions, and so every
+    other metric, are the same either way."""
     model.eval()
     gen = torch.Generator().manual_seed(int(seed) + EVAL_SEED_OFFSET)
     preds, ys, ms, losses, n = [], [], [], 0.0, 0
     bs = max(int(config.batch_size), 256)
+    sampled = config.val_loss == "sampled" and getattr(model, "M", 1) > int(config.L)
     for x, y, m in _iter_split(split, bs, config.num_workers):
         x, y, m = x.to(device), y.to(device), m.to(device)
         if prepare is not None:
             x = prepare(x, False, None)
-        preds.append(model.predict(x, L=config.L, generator=gen).float().cpu())
-        out = model(x, y, mask=m)
+        if sampled:
+            p, drawn = model.predict(x, L=config.L, generator=gen, return_orders=True)
+            out = model(x, y, mask=m, kept=drawn)          # duplicates share their trie rows
+            out = out._replace(log_w=torch.full_like(out.log_w, -math.log(drawn.shape[1])))
+        else:
+            p = model.predict(x, L=config.L, generator=gen)
+            out = model(x, y, mask=m)
+        preds.append(p.float().cpu())
         if hasattr(model, "loss"):
             losses += float(model.loss(out, y, m, weights.to(device), config)[0]) * len(y)
         else:

@@ -154,9 +154,10 @@ class ExperimentFiles:
             trial = next(t for t in trials if t.trial_id == best["trial_id"])
             params = flatten_dict(dict(trial.config), delimiter="/")
             cfg = trial_to_train_config(self.base, params).to_dict()
-            # a retrain evaluates every round: the search's eval_at (its scheduler's decision
-            # epochs) changes which rounds are evaluated, never the training itself
-            cfg["eval_at"] = None
+            # a retrain evaluates every round, with the exact val/loss: the search's eval_at (its
+            # scheduler's decision epochs) and val_loss change what is evaluated, never the
+            # training itself
+            cfg["eval_at"], cfg["val_loss"] = None, "exact"
             doc = {
                 "metric": self.metric, "mode": self.mode, "value": best[f"last/{self.metric}"],
                 "best_round_value": best[f"best/{self.metric}"],

@@ -522,11 +522,13 @@ class Plan:
         return self.searches[0].dataset
 
     def config_for(self, search: Search, cand: Candidate, fold: int, seed: int, test: bool) -> dict:
-        """The run's TrainConfig: the trial's, with the seed replaced and the data seed kept."""
+        """The run's TrainConfig: the trial's, with the seed replaced, the data seed kept and
+        the exact validation loss (a search may have estimated it: ``--val-loss sampled``)."""
         from monet.config import TrainConfig
 
         d = dict(cand.config)
-        d.update(seed=int(seed), data_seed=search.data_seed, test_at_end=bool(test))
+        d.update(seed=int(seed), data_seed=search.data_seed, test_at_end=bool(test),
+                 val_loss="exact")
         if self.dataset in PROTOCOL_FOLDS:
             d["fold"] = int(fold)
         return TrainConfig.from_dict(d, source=cand.name).to_dict()

@@ -51,6 +51,7 @@ SEARCH_OWNED = {
     "eval_every": "--eval-every", "seed": "--seed", "device": "--gpus-per-trial",
     "test_at_end": "(never in a search)", "tensorboard": "(always on in a search)",
     "checkpoint_every": "(every round in a search)",
+    "val_loss": "--val-loss",
 }
 
 
@@ -93,11 +94,15 @@ class SearchSettings:
     warm_start_top: int = 5
     reuse_actors: bool = True              # one Ray actor runs trial after trial (data loaded once)
     eval_rounds: str = "decisions"         # decisions (ASHA's rungs + last round) | all
+    val_loss: str = "sampled"              # MONET's val/loss in trials: sampled (L orders) | exact
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):
             raise ConfigError(f"search settings: mode {self.mode!r}; expected 'max' or 'min'")
         object.__setattr__(self, "families", tuple(self.families))
+        if self.val_loss not in ("exact", "sampled"):
+            raise ConfigError(f"search settings: val_loss {self.val_loss!r}; expected 'exact' "
+                              "or 'sampled'")
 
     @classmethod
     def fields(cls) -> list:
@@ -114,6 +119,7 @@ class SearchSettings:
         d = dict(d)
         if "mode" not in d and "metric" in d:
             d["mode"] = "min" if str(d["metric"]).endswith("loss") else "max"
+        d.setdefault("val_loss", "exact")     # saved before --val-loss existed: exact
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the scheduler decides (ASHA's rungs) and the last round, 'all' every "
                         "round (learning curves; costs about as much as training on small "
                         "data); with --time-budget or --trial-timeout every round")
+    g.add_argument("--val-loss", choices=("exact", "sampled"), default=None,
+                   help="MONET's val/loss in trials: 'sampled' (default) over the L orders the "
+                        "evaluation's trajectories draw from pi, an unbiased estimate of the "
+                        "mixture likelihood at about L/M of the cost; 'exact' over all M orders "
+                        "(the default when --metric is a loss); retrains are always exact")
     g.add_argument("--grace-period", type=float, default=None,
                    help="epochs before ASHA may stop a trial (default: max-epochs/15, "
                         "at least one round)")
@@ -233,7 +238,8 @@ def resolve(a) -> SearchSettings:
         cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
         max_failures=a.max_failures, storage_path=storage, name=name,
         inject_fault=a.inject_fault, trial_timeout=a.trial_timeout, warm_start=a.warm_start,
-        warm_start_top=a.warm_start_top, reuse_actors=a.reuse_actors, eval_rounds=a.eval_rounds)
+        warm_start_top=a.warm_start_top, reuse_actors=a.reuse_actors, eval_rounds=a.eval_rounds,
+        val_loss=a.val_loss or ("exact" if metric.endswith("loss") else "sampled"))
 
 
 def decision_epochs(s: SearchSettings) -> Optional[list]:
@@ -254,7 +260,7 @@ def base_config(a, s: SearchSettings) -> dict:
 
     d = {"dataset": s.dataset, "epochs": s.max_epochs, "eval_every": s.eval_every,
          "seed": s.seed, "tensorboard": True, "test_at_end": False, "checkpoint_every": 1,
-         "family": s.families[0]}
+         "family": s.families[0], "val_loss": s.val_loss}
     for f in DATA_FLAGS:
         v = getattr(a, f.field, None)
         if v is not None:

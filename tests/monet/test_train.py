@@ -186,3 +186,34 @@ def test_order_temperature_default_off_and_annealed_to_final():
         c.replace(order_temp_final=0.0)
     with pytest.raises(ConfigError, match="order_anneal_start"):
         c.replace(order_anneal_start=1.0)
+
+
+def test_sampled_val_loss_is_the_l_order_estimate_and_changes_no_prediction():
+    """val_loss='sampled': -log of the mean likelihood under the L orders the evaluation's
+    trajectories drew (recomputed here one order at a time); the predictions and every other
+    metric are the exact evaluation's; with M <= L it is the exact loss."""
+    from monet.losses import task_nll
+    from monet.train import EVAL_SEED_OFFSET, build_loss_weights, evaluate
+
+    c = TrainConfig(**SMALL, family="monet", M=6, k=3, L=4, warmup=0, epochs=1, order_lr=0.05)
+    data = load_dataset(c)
+    model = fit(c, data)["model"]
+    assert float(model.pi().max() - model.pi().min()) > 1e-3     # pi is no longer uniform
+    w = build_loss_weights(c, data)
+    exact = evaluate(model, data.val, data.spec, c, w, seed=c.seed)
+    est = evaluate(model, data.val, data.spec, c.replace(val_loss="sampled"), w, seed=c.seed)
+    assert {k: v for k, v in est.items() if k != "loss"} == \
+        {k: v for k, v in exact.items() if k != "loss"}
+    x, y, m = data.val[:]
+    gen = torch.Generator().manual_seed(c.seed + EVAL_SEED_OFFSET)
+    _, drawn = model.predict(x, L=c.L, generator=gen, return_orders=True)
+    with torch.no_grad():
+        nll = torch.stack([task_nll(model(x, y, mask=m, kept=drawn[:, j:j + 1]).logits, y, m,
+                                    data.spec, w)[:, 0] for j in range(c.L)], 1)   # [B, L]
+    want = float((torch.log(torch.tensor(float(c.L))) - torch.logsumexp(-nll, 1)).mean())
+    assert est["loss"] == pytest.approx(want, rel=1e-5)
+    assert est["loss"] != pytest.approx(exact["loss"], rel=1e-6)
+    assert est["loss"] == pytest.approx(exact["loss"], rel=0.1)
+    small = c.replace(L=6)                                         # M <= L: exact
+    assert evaluate(model, data.val, data.spec, small.replace(val_loss="sampled"), w)["loss"] \
+        == evaluate(model, data.val, data.spec, small, w)["loss"]

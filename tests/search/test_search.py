@@ -157,6 +157,10 @@ def test_monet_trials_log_pi_histogram_and_omega_image(ray_local, tmp_path):
         k: v for k, v in best["config"].items() if k not in ("epochs", "test_at_end")}
     assert (df["config/k"] <= df["config/M"]).all()
     d = exp / df["trial_dir"][0].rsplit("/", 1)[-1]
+    # trials estimate val/loss from the evaluation's L orders (--val-loss sampled, the default
+    # for an accuracy metric); best_config.yaml, and so every retrain, has the exact loss
+    assert yaml.safe_load((d / "config.yaml").read_text())["val_loss"] == "sampled"
+    assert best["config"]["val_loss"] == "exact" and re["val_loss"] == "exact"
     tags = read_events(next((d / "events").glob("events.out.tfevents.*")))
     assert tags.get("order/pi") == "histo"
     assert tags.get("order/omega") == "image"
