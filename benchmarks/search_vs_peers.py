@@ -70,6 +70,8 @@ VARIANTS = {
     "ours_mv": "--sampler tpe-mv: multivariate TPE with group=True (the default before stop 12)",
     "ours_grace": "ASHA grace period >= the largest MONET warmup (min(5, epochs/2))",
     "ours_sharp": "order_temp_final searched (0.01..1 log): pi sharpened late in training",
+    "ours_rung": "--sampler tpe-rung: TPE grades trials at one common budget (BOHB's rule) "
+                 "instead of ranking every full-budget trial above every stopped one",
 }
 TASKS = {   # name -> (reading, family, validation target)
     "bits": ("bits", "monet", 0.93),
@@ -197,6 +199,8 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
     extra = []
     if variant == "ours_mv":
         sampler = "tpe-mv"
+    if variant == "ours_rung":
+        sampler = "tpe-rung"
     if variant == "ours_grace":
         grace = max(grace, min(5.0, st["epochs"] / 2))
     if variant == "ours_sharp":

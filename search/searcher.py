@@ -403,16 +403,51 @@ def make_storage(url: Optional[str]):
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+RUNG_MIN_TRIALS = 6          # tpe-rung: trials needed at a budget to grade at it (see rung_view)
 DEFAULT_TPE_HISTORY = 1000   # finished trials TPE looks at (besides the best); 0: all
+
+
+def rung_view(trials: list, n_min: int) -> list:
+    """The finished trials graded at one common budget, for TPE (BOHB's rule).
+
+    Optuna's TPE ranks every COMPLETE trial above every PRUNED one. Under asynchronous ASHA the
+    first trials reach the full budget unopposed (a rung with fewer results than the reduction
+    factor stops nobody), so the COMPLETE trials are the early ones, not the good ones, and TPE's
+    "good" group fills with them. Here the budget is the largest step (evaluation round) that at
+    least ``n_min`` finished trials reached; each of those becomes COMPLETE with its value at
+    that budget (its first intermediate value at or after it), the others stay PRUNED (ranked
+    below them by Optuna, by the step they reached). Running trials are left as they are.
+    """
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and t.intermediate_values]
+    if len(done) < n_min:
+        return trials
+    reached = sorted((max(t.intermediate_values) for t in done), reverse=True)
+    budget = reached[n_min - 1]
+    graded = {t.number for t in done if max(t.intermediate_values) >= budget}
+    out = []
+    for t in trials:
+        if t.number in graded:
+            step = min(s for s in t.intermediate_values if s >= budget)
+            v = t.intermediate_values[step]
+            t = optuna.trial.FrozenTrial(
+                number=t.number, state=TrialState.COMPLETE, value=v, values=None,
+                datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
+                params=t.params, distributions=t.distributions, user_attrs=t.user_attrs,
+                system_attrs=t.system_attrs, intermediate_values=t.intermediate_values,
+                trial_id=t._trial_id)
+        out.append(t)
+    return out
 
 
 class _HistoryWindow:
     """A study as TPE sees it through :class:`WindowedTPESampler`: ``_get_trials`` returns the
     best finished trials (TPE's whole "good" group), the latest ``size`` other finished trials
-    and every running trial; everything else is the study itself."""
+    and every running trial (with ``rung`` > 0, graded at a common budget first: see
+    :func:`rung_view`); everything else is the study itself."""
 
-    def __init__(self, study, size: int, gamma):
-        self._study, self._size, self._gamma = study, size, gamma
+    def __init__(self, study, size: int, gamma, rung: int = 0):
+        self._study, self._size, self._gamma, self._rung = study, size, gamma, rung
 
     def __getattr__(self, name):
         return getattr(self._study, name)
@@ -421,8 +456,11 @@ class _HistoryWindow:
         from optuna.samplers._tpe.sampler import _split_trials
 
         trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        if self._rung:
+            done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            trials = rung_view(trials, max(self._rung, 2 * self._gamma(len(done))))
         done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        if len(done) <= self._size:
+        if self._size <= 0 or len(done) <= self._size:
             return trials
         best, rest = _split_trials(self._study, done, self._gamma(len(done)))
         keep = {t.number for t in best} | {t.number for t in rest[-self._size:]}
@@ -451,21 +489,22 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
         12
     """
 
-    def __init__(self, history: Optional[int] = DEFAULT_TPE_HISTORY, **kw):
+    def __init__(self, history: Optional[int] = DEFAULT_TPE_HISTORY, rung: int = 0, **kw):
         super().__init__(**kw)
         self.history = int(history or 0)
+        self.rung = int(rung)
 
     def _sample(self, study, trial, search_space):
-        if self.history <= 0:
+        if self.history <= 0 and not self.rung:
             return super()._sample(study, trial, search_space)
         from optuna.samplers._tpe.sampler import default_gamma
-        window = _HistoryWindow(study, self.history, self._gamma or default_gamma)
+        window = _HistoryWindow(study, self.history, self._gamma or default_gamma, self.rung)
         return super()._sample(window, trial, search_space)
 
 
 def make_sampler(kind: str, seed: int, n_startup_trials: int,
                  history: Optional[int] = DEFAULT_TPE_HISTORY):
-    """``tpe``, ``tpe-mv`` or ``random`` (all seeded).
+    """``tpe``, ``tpe-mv``, ``tpe-rung`` or ``random`` (all seeded).
 
     TPE: ``constant_liar=True`` for parallel trials; a bounded history (see
     :class:`WindowedTPESampler`; ``history`` 0 or None: all trials). ``tpe`` models each parameter
@@ -475,12 +514,15 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int,
     modelled jointly within their group (an experimental Optuna feature). ``tpe`` is the default:
     at the budgets ``benchmarks/search_vs_peers.py`` measures (about 20-50 trials), its winners
     scored 86.6 on toy ``bits`` against 83.7 for ``tpe-mv`` (3 search seeds, README).
+    ``tpe-rung`` is ``tpe`` on the trials graded at one common budget (:func:`rung_view`).
     """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if kind not in ("tpe", "tpe-mv"):
-        raise ValueError(f"sampler {kind!r}: expected tpe, tpe-mv or random")
+    if kind not in ("tpe", "tpe-mv", "tpe-rung"):
+        raise ValueError(f"sampler {kind!r}: expected tpe, tpe-mv, tpe-rung or random")
     kw = {"multivariate": True, "group": True} if kind == "tpe-mv" else {}
+    if kind == "tpe-rung":
+        kw["rung"] = RUNG_MIN_TRIALS
     with warnings.catch_warnings():       # multivariate/group are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return WindowedTPESampler(history=history, seed=seed, constant_liar=True,

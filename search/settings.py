@@ -76,7 +76,7 @@ class SearchSettings:
     grace_period: float = 2.0
     reduction_factor: float = 5.0
     scheduler: str = "asha"           # asha | fifo
-    sampler: str = "tpe"              # tpe | tpe-mv | random
+    sampler: str = "tpe"              # tpe | tpe-mv | tpe-rung | random
     n_startup_trials: int = 4
     tpe_history: int = 1000           # finished trials TPE looks at besides the best (0: all)
     max_concurrent: Optional[int] = None  # None: what the cluster's CPUs/GPUs allow

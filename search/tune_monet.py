@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="X", help="ASHA: a share 1/X of the trials go on at each rung")
     g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
                    help="fifo runs every trial to the full budget")
-    g.add_argument("--sampler", choices=("tpe", "tpe-mv", "random"), default="tpe",
+    g.add_argument("--sampler", choices=("tpe", "tpe-mv", "tpe-rung", "random"), default="tpe",
                    help="Optuna sampler: tpe (each parameter on its own, constant liar), tpe-mv "
-                        "(multivariate TPE, conditional parameters grouped), random")
+                        "(multivariate TPE, conditional parameters grouped), tpe-rung (tpe "
+                        "comparing trials at one common budget, BOHB's rule), random")
     g.add_argument("--n-startup-trials", type=int, default=None, metavar="N",
                    help="random trials before TPE (default: num-samples/4, 3..10)")
     g.add_argument("--tpe-history", type=int, default=1000, metavar="N",
