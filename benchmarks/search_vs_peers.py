@@ -56,6 +56,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -72,6 +73,9 @@ VARIANTS = {
     "ours_sharp": "order_temp_final searched (0.01..1 log): pi sharpened late in training",
     "ours_rung": "--sampler tpe-rung: TPE grades trials at one common budget (BOHB's rule) "
                  "instead of ranking every full-budget trial above every stopped one",
+    "ours_last": "--sampler tpe-last: TPE sees each trial's last value as complete (what Ray's "
+                 "OptunaSearch tells it); the study keeps the budget-honest records",
+    "ours_noliar": "--constant-liar off: TPE ignores running trials (Optuna's default)",
 }
 TASKS = {   # name -> (reading, family, validation target)
     "bits": ("bits", "monet", 0.93),
@@ -201,6 +205,10 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
         sampler = "tpe-mv"
     if variant == "ours_rung":
         sampler = "tpe-rung"
+    if variant == "ours_last":
+        sampler = "tpe-last"
+    if variant == "ours_noliar":
+        extra = ["--constant-liar", "off"]
     if variant == "ours_grace":
         grace = max(grace, min(5.0, st["epochs"] / 2))
     if variant == "ours_sharp":
@@ -502,13 +510,22 @@ def run_one(task, method, seed, st, storage, pool, cache: dict) -> dict:
     return r
 
 
-def load_or_run(task, method, seed, st, storage, pool, cache, rerun: bool) -> dict:
+def saved_run(task, method, seed, st) -> Optional[dict]:
+    """The saved raw result of one method and seed, if its settings match ``st``."""
     f = OUT / task / f"{method}_s{seed}.json"
-    if f.is_file() and not rerun:
+    if f.is_file():
         old = json.loads(f.read_text())
         if old.get("settings") == st:
-            print(f"  {task:8s} {method:12s} seed {seed}: reused {f.relative_to(REPO)}")
             return old
+    return None
+
+
+def load_or_run(task, method, seed, st, storage, pool, cache, rerun: bool) -> dict:
+    old = None if rerun else saved_run(task, method, seed, st)
+    f = OUT / task / f"{method}_s{seed}.json"
+    if old is not None:
+        print(f"  {task:8s} {method:12s} seed {seed}: reused {f.relative_to(REPO)}")
+        return old
     r = run_one(task, method, seed, st, storage, pool, cache)
     from monet.io import atomic_write_json
     f.parent.mkdir(parents=True, exist_ok=True)
@@ -648,6 +665,14 @@ def main(argv=None) -> int:
                     for m in a.methods:
                         runs[m].append(load_or_run(task, m, seed, st, Path(a.storage), pool,
                                                    cache, a.rerun))
+                # the other methods' saved runs on the same seeds and settings join the summary
+                # (a run of one variant must not drop the peers from it)
+                for m in [m for m in list(METHODS) + list(VARIANTS) if m not in runs]:
+                    saved = [saved_run(task, m, seed, st) for seed in a.seeds]
+                    if all(saved):
+                        runs[m] = saved
+                if "ours" in runs:      # ours first: the ratios are ours / peer
+                    runs = {"ours": runs.pop("ours"), **runs}
                 summ = summarize(task, runs)
                 summary["tasks"][task] = {"summary": summ, "targets": targets(task, summ),
                                           "budget_epochs": runs[a.methods[0]][0]["budget_epochs"]}

@@ -403,8 +403,30 @@ def make_storage(url: Optional[str]):
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+LAST_VIEW = -1               # tpe-last: each trial graded by its last value (see last_view)
 RUNG_MIN_TRIALS = 6          # tpe-rung: trials needed at a budget to grade at it (see rung_view)
 DEFAULT_TPE_HISTORY = 1000   # finished trials TPE looks at (besides the best); 0: all
+
+
+def last_view(trials: list) -> list:
+    """Every finished trial with intermediate values as COMPLETE with its last one: what TPE sees
+    behind Ray's ``OptunaSearch``, which tells Optuna every trial as complete."""
+    out = []
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values:
+            t = _graded(t, t.intermediate_values[max(t.intermediate_values)]
+                        if t.state == TrialState.PRUNED else t.value)
+        out.append(t)
+    return out
+
+
+def _graded(t, value):
+    return optuna.trial.FrozenTrial(
+        number=t.number, state=TrialState.COMPLETE, value=value, values=None,
+        datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
+        params=t.params, distributions=t.distributions, user_attrs=t.user_attrs,
+        system_attrs=t.system_attrs, intermediate_values=t.intermediate_values,
+        trial_id=t._trial_id)
 
 
 def rung_view(trials: list, n_min: int) -> list:
@@ -429,13 +451,7 @@ def rung_view(trials: list, n_min: int) -> list:
     for t in trials:
         if t.number in graded:
             step = min(s for s in t.intermediate_values if s >= budget)
-            v = t.intermediate_values[step]
-            t = optuna.trial.FrozenTrial(
-                number=t.number, state=TrialState.COMPLETE, value=v, values=None,
-                datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
-                params=t.params, distributions=t.distributions, user_attrs=t.user_attrs,
-                system_attrs=t.system_attrs, intermediate_values=t.intermediate_values,
-                trial_id=t._trial_id)
+            t = _graded(t, t.intermediate_values[step])
         out.append(t)
     return out
 
@@ -456,7 +472,9 @@ class _HistoryWindow:
         from optuna.samplers._tpe.sampler import _split_trials
 
         trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        if self._rung:
+        if self._rung == LAST_VIEW:
+            trials = last_view(trials)
+        elif self._rung:
             done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
             trials = rung_view(trials, max(self._rung, 2 * self._gamma(len(done))))
         done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -503,7 +521,7 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
 
 
 def make_sampler(kind: str, seed: int, n_startup_trials: int,
-                 history: Optional[int] = DEFAULT_TPE_HISTORY):
+                 history: Optional[int] = DEFAULT_TPE_HISTORY, constant_liar: bool = True):
     """``tpe``, ``tpe-mv``, ``tpe-rung`` or ``random`` (all seeded).
 
     TPE: ``constant_liar=True`` for parallel trials; a bounded history (see
@@ -518,12 +536,14 @@ def make_sampler(kind: str, seed: int, n_startup_trials: int,
     """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if kind not in ("tpe", "tpe-mv", "tpe-rung"):
-        raise ValueError(f"sampler {kind!r}: expected tpe, tpe-mv, tpe-rung or random")
+    if kind not in ("tpe", "tpe-mv", "tpe-rung", "tpe-last"):
+        raise ValueError(f"sampler {kind!r}: expected tpe, tpe-mv, tpe-rung, tpe-last or random")
     kw = {"multivariate": True, "group": True} if kind == "tpe-mv" else {}
     if kind == "tpe-rung":
         kw["rung"] = RUNG_MIN_TRIALS
+    if kind == "tpe-last":
+        kw["rung"] = LAST_VIEW
     with warnings.catch_warnings():       # multivariate/group are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return WindowedTPESampler(history=history, seed=seed, constant_liar=True,
+        return WindowedTPESampler(history=history, seed=seed, constant_liar=constant_liar,
                                   n_startup_trials=n_startup_trials, **kw)

@@ -79,6 +79,7 @@ class SearchSettings:
     sampler: str = "tpe"              # tpe | tpe-mv | tpe-rung | random
     n_startup_trials: int = 4
     tpe_history: int = 1000           # finished trials TPE looks at besides the best (0: all)
+    constant_liar: bool = True        # TPE counts running trials as bad (Optuna's constant liar)
     max_concurrent: Optional[int] = None  # None: what the cluster's CPUs/GPUs allow
     time_budget: Optional[float] = None
     seed: int = 0

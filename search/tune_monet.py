@@ -106,12 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="X", help="ASHA: a share 1/X of the trials go on at each rung")
     g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
                    help="fifo runs every trial to the full budget")
-    g.add_argument("--sampler", choices=("tpe", "tpe-mv", "tpe-rung", "random"), default="tpe",
+    g.add_argument("--sampler", choices=("tpe", "tpe-mv", "tpe-rung", "tpe-last", "random"), default="tpe",
                    help="Optuna sampler: tpe (each parameter on its own, constant liar), tpe-mv "
                         "(multivariate TPE, conditional parameters grouped), tpe-rung (tpe "
                         "comparing trials at one common budget, BOHB's rule), random")
     g.add_argument("--n-startup-trials", type=int, default=None, metavar="N",
                    help="random trials before TPE (default: num-samples/4, 3..10)")
+    g.add_argument("--constant-liar", choices=("on", "off"), default="on",
+                   help="TPE's constant liar: running trials count as bad ones, so parallel "
+                        "suggestions spread out (on, default) or are ignored (off: Optuna's and "
+                        "Ray's OptunaSearch default)")
     g.add_argument("--tpe-history", type=int, default=1000, metavar="N",
                    help="TPE looks at the best trials and the latest N finished ones, so that "
                         "suggestions do not slow down as the study grows (0: all; default 1000)")
@@ -233,7 +237,8 @@ def resolve(a) -> SearchSettings:
         num_samples=a.num_samples, max_epochs=float(a.max_epochs),
         eval_every=float(a.eval_every), grace_period=float(grace),
         reduction_factor=float(a.reduction_factor), scheduler=a.scheduler, sampler=a.sampler,
-        n_startup_trials=n_startup, tpe_history=a.tpe_history, max_concurrent=a.max_concurrent,
+        n_startup_trials=n_startup, tpe_history=a.tpe_history,
+        constant_liar=a.constant_liar == "on", max_concurrent=a.max_concurrent,
         time_budget=a.time_budget,
         seed=a.seed, optuna_storage=absolute_storage_url(a.optuna_storage),
         cpus_per_trial=float(a.cpus_per_trial), gpus_per_trial=float(a.gpus_per_trial),
@@ -740,7 +745,8 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
         return tuner
     searcher = BudgetHonestOptunaSearch(
         space, metric=s.metric, mode=s.mode,
-        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials, s.tpe_history),
+        sampler=make_sampler(s.sampler, s.seed, s.n_startup_trials, s.tpe_history,
+                             constant_liar=s.constant_liar),
         storage=storage, study_name=s.name)
     if s.warm_start:
         from search.warmstart import enqueue_warm_start

@@ -7,7 +7,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search import tune_monet
-from search.searcher import make_sampler, rung_view
+from search.searcher import last_view, make_sampler, rung_view
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 X = {"x": FloatDistribution(0.0, 1.0)}
@@ -59,7 +59,26 @@ def test_tpe_rung_follows_the_best_at_a_common_budget_not_the_first_to_finish(ki
     assert low <= statistics.median(xs) <= high, (kind, xs)
 
 
-def test_tpe_rung_is_a_sampler_choice():
-    assert tune_monet.build_parser().parse_args(["--sampler", "tpe-rung"]).sampler == "tpe-rung"
-    with pytest.raises(ValueError, match="expected tpe, tpe-mv, tpe-rung or random"):
+def test_last_view_grades_each_trial_by_its_last_value_as_ray_tells_optuna():
+    trials = asha_like_trials()
+    for i, t in enumerate(trials):
+        t.number = i
+    view = last_view(trials)
+    assert all(t.state == TrialState.COMPLETE for t in view)
+    assert [t.value for t in view] == [0.70] * 3 + [t.intermediate_values[2] for t in trials[3:]]
+
+
+def test_sampler_choices_and_the_constant_liar_flag(tmp_path):
+    p = tune_monet.build_parser()
+    assert p.parse_args(["--sampler", "tpe-rung"]).sampler == "tpe-rung"
+    assert p.parse_args(["--sampler", "tpe-last"]).sampler == "tpe-last"
+    with pytest.raises(ValueError, match="expected tpe, tpe-mv, tpe-rung, tpe-last or random"):
         make_sampler("tpe-bohb", 0, 5)
+    assert make_sampler("tpe", 0, 5)._constant_liar
+    assert not make_sampler("tpe", 0, 5, constant_liar=False)._constant_liar
+    on = tune_monet.resolve(p.parse_args(["--storage-path", str(tmp_path)]))
+    off = tune_monet.resolve(p.parse_args(["--storage-path", str(tmp_path),
+                                           "--constant-liar", "off"]))
+    assert on.constant_liar is True and off.constant_liar is False
+    with pytest.raises(SystemExit):
+        p.parse_args(["--constant-liar", "maybe"])
