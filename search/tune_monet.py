@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "comparing trials at one common budget, BOHB's rule), random")
     g.add_argument("--n-startup-trials", type=int, default=None, metavar="N",
                    help="random trials before TPE (default: num-samples/4, 3..10)")
-    g.add_argument("--constant-liar", choices=("on", "off"), default="on",
+    g.add_argument("--constant-liar", choices=("on", "off"), default="on", metavar="on|off",
                    help="TPE's constant liar: running trials count as bad ones, so parallel "
                         "suggestions spread out (on, default) or are ignored (off: Optuna's and "
                         "Ray's OptunaSearch default)")
