@@ -1,9 +1,11 @@
-"""A plain per-order loop implementation of MONET's teacher-forced forward pass.
+"""Plain implementations of MONET's teacher-forced forward pass and of its inference.
 
-It computes exactly what ``MultiOrderNet.forward`` computes, one order at a time (for each
-order, the examples that kept it run through the T steps with the cells of that order). It is
-the reference the tests compare the vectorised version against (loss and gradients), and the
-"per-order loop" of ``benchmarks/monet_step.py``. Not used in training.
+``reference_forward`` computes exactly what ``MultiOrderNet.forward`` computes, one order at a
+time (for each order, the examples that kept it run through the T steps with the cells of that
+order). It is the reference the tests compare the vectorised version against (loss and
+gradients), and the "per-order loop" of ``benchmarks/monet_step.py``. ``reference_predict`` is
+Algorithm 2 with one row per trajectory (all ``B * L`` of them at every step), the reference of
+``MultiOrderNet.predict``, which runs each distinct trajectory state once. Not used in training.
 
 Example:
     >>> import torch
@@ -54,3 +56,40 @@ def reference_forward(net, x, y, kept, mask=None) -> ModelOutput:
     else:
         log_w = torch.log_softmax(net.order_logits[kept], dim=1)
     return ModelOutput(logits, log_w)
+
+
+@torch.no_grad()
+def reference_predict(net, x, L: int, generator=None) -> torch.Tensor:
+    """Algorithm 2 on every trajectory: ``B * L`` rows, each with an order drawn from pi and
+    labels drawn step by step from Bernoulli(p), the rows of task c through cell c at each
+    step; returns the mean probability of the chain tasks ``[B, T]``. Draws from ``generator``
+    in the same sequence as ``MultiOrderNet.predict``, so the two agree to float precision."""
+    h0 = net.encode(x)
+    B, T = h0.shape[0], net.T
+    R = B * L
+    if net.M == 1:
+        s = torch.zeros(R, dtype=torch.long)
+    else:
+        s = torch.multinomial(net.pi().cpu(), R, replacement=True, generator=generator)
+    ords = net.orders.cpu()[s]
+    h = h0.repeat_interleave(L, dim=0)
+    fb = h0.new_zeros(R, T)
+    probs = h0.new_zeros(R, T)
+    temp = net.temperature[net.chain_out]
+    rows = torch.arange(R)
+    for t in range(T):
+        task = ords[:, t]
+        h_new, p = torch.empty_like(h), h0.new_zeros(R)
+        x_fb = net.feedback(fb)
+        for c in task.unique().tolist():
+            r = (task == c).nonzero(as_tuple=True)[0]
+            h_new[r] = net.cell(c, x_fb[r], h[r])
+            p[r] = torch.sigmoid((h_new[r] @ net.head_w[c] + net.head_b[c]) / temp[c])
+        h = h_new
+        probs[rows, task] = p
+        u = torch.rand(R, generator=generator)
+        sign = 2.0 * (u < p).to(h.dtype) - 1.0
+        if net.feedback_mode == "prev":
+            fb = h0.new_zeros(R, T)
+        fb[rows, task] = sign
+    return probs.view(B, L, T).mean(1)

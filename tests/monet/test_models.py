@@ -10,7 +10,7 @@ from monet.losses import mixture_nll, task_nll
 from monet.models import create_model, list_families
 from monet.models.encoders import MLPEncoder
 from monet.models.monet import MultiOrderNet, order_matrix, random_orders
-from monet.models.monet_reference import reference_forward
+from monet.models.monet_reference import reference_forward, reference_predict
 from monet.tasks import Task, TaskSpec
 
 
@@ -146,6 +146,36 @@ def test_one_hot_pi_every_trajectory_uses_that_order():
     _, s = net.predict(torch.randn(10, 2), L=20, return_orders=True,
                        generator=torch.Generator().manual_seed(0))
     assert len(set(s.flatten().tolist())) > 10
+
+
+@pytest.mark.parametrize("kw,L,peaked", [
+    (dict(M=120, k=10), 40, False),          # uniform pi: trajectories spread over many orders
+    (dict(M=120, k=10), 40, True),           # one dominant order: most trajectories share a path
+    (dict(M=2, k=2), 7, False),
+    (dict(M=1), 1, False),
+    (dict(M=24, k=5, feedback="all"), 20, True),
+    (dict(M=24, k=5, feedback_embed=8), 20, False),
+    (dict(M=6, shared_cell=True), 20, False),  # MRNN's one cell
+])
+def test_inference_runs_each_distinct_state_once_with_the_same_draws_and_outputs(kw, L, peaked):
+    """predict() runs each distinct (trajectory state, next task) once; it must give what
+    Algorithm 2 on all B * L rows gives with the same generator (the reference loop), and fewer
+    distinct rows must not change any draw."""
+    torch.manual_seed(0)
+    net = MultiOrderNet(MLPEncoder(2), 64, spec_of(5), hidden=32, seed=1, **kw).eval()
+    with torch.no_grad():
+        net.head_b.mul_(8.0)                 # confident predictions: paths merge, as after training
+        if peaked and net.order_logits is not None:
+            net.order_logits[3] = 6.0
+    x = torch.randn(30, 2)
+    got = net.predict(x, L=L, generator=torch.Generator().manual_seed(4))
+    ref = reference_predict(net, x, L, generator=torch.Generator().manual_seed(4))
+    assert got.shape == (30, 5)
+    assert torch.allclose(got, ref, atol=1e-6), float((got - ref).abs().max())
+    # a different generator gives different draws (the comparison above is not vacuous)
+    other = net.predict(x, L=L, generator=torch.Generator().manual_seed(5))
+    if L > 1 or net.M > 1:
+        assert not torch.allclose(other, ref, atol=1e-6)
 
 
 def test_inference_equals_chain_rule_for_deterministic_feedback():
