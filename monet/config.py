@@ -154,6 +154,10 @@ class TrainConfig:
     device: str = _f("cpu", "torch device: cpu, cuda, cuda:N or mps")
     checkpoint_every: int = _f(1, "write a checkpoint every this many evaluation rounds",
                                lo=1, hi=BIG)
+    checkpoint_period_s: Optional[float] = _f(
+        None, "and, on rounds that do not evaluate, only once this many seconds have passed "
+        "since the last one (None: by rounds alone); the last round always writes one",
+        lo=0, hi=BIG)
     test_at_end: bool = _f(False, "evaluate on the test split after training (not in searches)")
     tensorboard: bool = _f(True, "write tensorboardX events into the run folder")
 

@@ -496,6 +496,7 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
             progress = {"step": 0, "round": 0, "best": None, "last": {}}
             torch.manual_seed(int(c.seed) + 2)
         step, last, train_seconds = progress["step"], progress["last"], 0.0
+        saved_at = time.perf_counter()     # the last checkpoint (or the start of this call)
         _set_order_temperature(model, c, step, plan.total_steps)
         while step < plan.total_steps:
             t0 = time.perf_counter()
@@ -516,9 +517,15 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
                 progress["best"] = dict(last)
             progress["step"], progress["last"] = step, last
             folder.log(last, model)    # before the checkpoint: a resume drops lines after it
-            wrote = progress["round"] % int(c.checkpoint_every) == 0 or step >= plan.total_steps
+            # with a period, a round that evaluates (where a scheduler may stop the run, so its
+            # last metrics have their weights) still writes one; the others wait for the period
+            wrote = step >= plan.total_steps or (
+                progress["round"] % int(c.checkpoint_every) == 0
+                and (c.checkpoint_period_s is None or bool(val)
+                     or time.perf_counter() - saved_at >= float(c.checkpoint_period_s)))
             if wrote:
                 save_checkpoint(folder.checkpoint_file, model, optim, gen, progress, c, data.spec)
+                saved_at = time.perf_counter()
             if log:
                 log(_progress_line(last))
             if report is not None:

@@ -158,6 +158,7 @@ class ExperimentFiles:
             # scheduler's decision epochs) and val_loss change what is evaluated, never the
             # training itself
             cfg["eval_at"], cfg["val_loss"] = None, "exact"
+            cfg["checkpoint_period_s"] = None     # a retrain checkpoints every round
             doc = {
                 "metric": self.metric, "mode": self.mode, "value": best[f"last/{self.metric}"],
                 "best_round_value": best[f"best/{self.metric}"],

@@ -528,7 +528,7 @@ class Plan:
 
         d = dict(cand.config)
         d.update(seed=int(seed), data_seed=search.data_seed, test_at_end=bool(test),
-                 val_loss="exact")
+                 val_loss="exact", checkpoint_period_s=None)
         if self.dataset in PROTOCOL_FOLDS:
             d["fold"] = int(fold)
         return TrainConfig.from_dict(d, source=cand.name).to_dict()

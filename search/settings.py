@@ -51,6 +51,7 @@ SEARCH_OWNED = {
     "eval_every": "--eval-every", "seed": "--seed", "device": "--gpus-per-trial",
     "test_at_end": "(never in a search)", "tensorboard": "(always on in a search)",
     "checkpoint_every": "(every round in a search)",
+    "checkpoint_period_s": "--checkpoint-period",
     "val_loss": "--val-loss",
 }
 
@@ -96,6 +97,7 @@ class SearchSettings:
     reuse_actors: bool = True              # one Ray actor runs trial after trial (data loaded once)
     eval_rounds: str = "decisions"         # decisions (ASHA's rungs + last round) | all
     val_loss: str = "sampled"              # MONET's val/loss in trials: sampled (L orders) | exact
+    checkpoint_period: float = 10.0        # seconds between a trial's checkpoints (0: every round)
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):
@@ -121,6 +123,7 @@ class SearchSettings:
         if "mode" not in d and "metric" in d:
             d["mode"] = "min" if str(d["metric"]).endswith("loss") else "max"
         d.setdefault("val_loss", "exact")     # saved before --val-loss existed: exact
+        d.setdefault("checkpoint_period", 0.0)  # saved before --checkpoint-period: every round
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -48,7 +48,8 @@ EXIT_SIGTERM = 128 + 15
 
 # defaults of the no-argument run: a small MONET search on toy data that takes a few minutes
 DEFAULTS = dict(dataset="toy", family="monet", T=5, num_samples=16, max_epochs=30.0,
-                eval_every=1.0, grace_period=2.0, reduction_factor=5.0)
+                eval_every=1.0, grace_period=2.0, reduction_factor=5.0,
+                checkpoint_period=10.0)
 
 
 def default_grace(max_epochs: float, eval_every: float = 1.0) -> float:
@@ -128,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: study.db in the experiment folder")
     g.add_argument("--trial-timeout", type=float, default=None, metavar="S",
                    help="seconds a trial may run; then it is stopped (PRUNED in Optuna)")
+    g.add_argument("--checkpoint-period", type=float, default=DEFAULTS["checkpoint_period"],
+                   metavar="S", help="a trial writes a checkpoint where it evaluates (where ASHA "
+                   "may stop it), at its last round, and at other rounds once S seconds have "
+                   "passed since its last one: a resumed or retried trial redoes at most about "
+                   "S seconds (0: every round)")
     g.add_argument("--warm-start", default=None, metavar="PATH",
                    help="start with the best configs of another search: its experiment folder "
                         "or sqlite:///file.db#study_name")
@@ -206,6 +212,8 @@ def resolve(a) -> SearchSettings:
         raise BadInput(f"--time-budget: got {a.time_budget}; expected seconds > 0")
     if a.trial_timeout is not None and not a.trial_timeout > 0:
         raise BadInput(f"--trial-timeout: got {a.trial_timeout}; expected seconds > 0")
+    if not 0 <= a.checkpoint_period < 1e9:
+        raise BadInput(f"--checkpoint-period: got {a.checkpoint_period}; expected seconds >= 0")
     if a.tpe_history < 0:
         raise BadInput(f"--tpe-history: got {a.tpe_history}; expected >= 0 (0: all trials)")
     if a.warm_start_top < 1:
@@ -245,7 +253,8 @@ def resolve(a) -> SearchSettings:
         max_failures=a.max_failures, storage_path=storage, name=name,
         inject_fault=a.inject_fault, trial_timeout=a.trial_timeout, warm_start=a.warm_start,
         warm_start_top=a.warm_start_top, reuse_actors=a.reuse_actors, eval_rounds=a.eval_rounds,
-        val_loss=a.val_loss or ("exact" if metric.endswith("loss") else "sampled"))
+        val_loss=a.val_loss or ("exact" if metric.endswith("loss") else "sampled"),
+        checkpoint_period=float(a.checkpoint_period))
 
 
 def decision_epochs(s: SearchSettings) -> Optional[list]:
@@ -266,6 +275,7 @@ def base_config(a, s: SearchSettings) -> dict:
 
     d = {"dataset": s.dataset, "epochs": s.max_epochs, "eval_every": s.eval_every,
          "seed": s.seed, "tensorboard": True, "test_at_end": False, "checkpoint_every": 1,
+         "checkpoint_period_s": s.checkpoint_period or None,
          "family": s.families[0], "val_loss": s.val_loss}
     for f in DATA_FLAGS:
         v = getattr(a, f.field, None)

@@ -179,6 +179,8 @@ ROWS = [
         id="tune-eval-every-beyond-budget"),
     row("tune", TUNE + ["--max-epochs", "inf"], ["epochs", "inf"], id="tune-max-epochs-inf"),
     row("tune", TUNE + ["--T", "11"], ["'T'", "11"], id="tune-T-11"),
+    row("tune", TUNE + ["--checkpoint-period", "-1"], ["--checkpoint-period", "-1", ">= 0"],
+        id="tune-checkpoint-period-negative"),
     row("tune", TUNE + ["--metric", "test/mean_acc"], ["--metric", "val/"],
         id="tune-metric-test"),
     row("tune", TUNE + ["--space", "{d}/list.yaml"], ["list.yaml", "mapping", "list"],

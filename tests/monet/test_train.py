@@ -36,6 +36,47 @@ def test_eval_rounds_in_fractions_of_an_epoch():
     assert seen == [(0.5, 1, 1, 3), (1.0, 2, 2, 6)]
 
 
+def test_checkpoint_period_skips_rounds_that_do_not_evaluate_and_changes_no_result(tmp_path):
+    """checkpoint_period_s: a round that evaluates (where a scheduler may stop the run) and the
+    last round write a checkpoint; the others only once the period has passed. Training and the
+    metrics are the same, and the run resumes from the checkpoint it has."""
+    c = TrainConfig(**SMALL, family="monet", M=6, k=3, warmup=1, epochs=3, eval_every=0.5,
+                    eval_at=[1.0, 2.2])
+    data = load_dataset(c)
+
+    def run(cfg, d):
+        got = []
+        fit(cfg, data, report=lambda m, ck: got.append((m, ck is not None)), run_dir=str(d))
+        return got
+
+    every = run(c, tmp_path / "every")
+    long = run(c.replace(checkpoint_period_s=1e6), tmp_path / "long")
+    zero = run(c.replace(checkpoint_period_s=0.0), tmp_path / "zero")
+    assert [w for _, w in every] == [True] * 6 and [w for _, w in zero] == [True] * 6
+    # evaluated at epochs 1.0, 2.5 (first round past 2.2) and 3.0 (the last): only those write
+    assert [m["epoch"] for m, w in long if w] == [1.0, 2.5, 3.0]
+    assert [m["epoch"] for m, w in long if w] == [m["epoch"] for m, _ in long if "val/loss" in m]
+    for (a, _), (b, _) in zip(every, long):
+        assert {k: v for k, v in a.items() if not k.startswith("time/")} == \
+               {k: v for k, v in b.items() if not k.startswith("time/")}
+    ck = load_checkpoint(tmp_path / "long" / "checkpoint")
+    assert ck["round"] == 6 and ck["step"] == 18
+    # a run stopped after round 4 (epoch 2.0) resumes from round 2's checkpoint (epoch 1.0)
+    # and ends where the uninterrupted run ended
+    part = c.replace(checkpoint_period_s=1e6, epochs=2.0)
+    run(part, tmp_path / "part")
+    assert load_checkpoint(tmp_path / "part" / "checkpoint")["round"] == 4   # the last round
+    mid = run(c.replace(checkpoint_period_s=1e6, epochs=1.0), tmp_path / "mid")
+    assert [m["round"] for m, w in mid if w] == [2]
+    resumed = []
+    fit(c.replace(checkpoint_period_s=1e6), data, report=lambda m, ck: resumed.append(m),
+        run_dir=str(tmp_path / "mid2"), resume_from=str(tmp_path / "mid" / "checkpoint"))
+    assert [m["round"] for m in resumed] == [3, 4, 5, 6]
+    assert resumed[-1]["val/loss"] == long[-1][0]["val/loss"]
+    with pytest.raises(ConfigError, match="checkpoint_period_s"):
+        c.replace(checkpoint_period_s=-1.0)
+
+
 def test_eval_at_evaluates_only_the_listed_epochs_and_the_last_round():
     """eval_at=[1, 2.2]: the first round reaching each epoch (the test ASHA applies to the
     reported epoch) and the last one evaluate; the others report train/ metrics only, and the

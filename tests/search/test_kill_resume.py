@@ -37,7 +37,7 @@ def _args(tmp_path, name):
     space.write_text("batch_size: 16\n")
     return TINY + ["--family", "vmnc", "--num-samples", "6", "--max-epochs", "2",
                    "--metric", "val/loss", "--space", str(space), "--eval-every", "0.5",
-                   "--grace-period", "0.5",
+                   "--grace-period", "0.5", "--checkpoint-period", "0",   # every round
                    "--reduction-factor", "2", "--n-startup-trials", "3", "--seed", "3",
                    "--max-concurrent", "1", "--num-cpus", "1", "--verbose", "0",
                    "--storage-path", str(tmp_path), "--name", name]

@@ -121,6 +121,7 @@ def test_worker_node_lost_mid_search(tmp_path, netns):
         args = TINY + ["--family", "vmnc", "--num-samples", "4", "--max-epochs", "20",
                        "--space", str(space), "--eval-every", "0.5", "--scheduler", "fifo",
                        "--max-concurrent", "2", "--max-failures", "2", "--verbose", "0",
+                       "--checkpoint-period", "0",                      # every round
                        "--address", address, "--storage-path", str(tmp_path), "--name", name]
         log = tmp_path / "search.log"
         search = subprocess.Popen(netns.cmd(CLI + args), cwd=str(REPO), env=env, stdout=open(log, "w"),

@@ -212,7 +212,7 @@ def test_search_kill_resume_and_analysis_on_s3(s3, tmp_path):
     # ASHA's only rung is the full budget (no trial stops early); every round evaluated and
     # checkpointed (--eval-rounds all): the second trial has checkpoints well before it ends
     args = TINY + ["--family", "vmnc", "--num-samples", "2", "--max-epochs", "6",
-                   "--eval-every", "0.5", "--eval-rounds", "all",
+                   "--eval-every", "0.5", "--eval-rounds", "all", "--checkpoint-period", "0",
                    "--grace-period", "6", "--reduction-factor", "2",
                    "--space", str(space), "--max-concurrent", "1", "--num-cpus", "2",
                    "--verbose", "0", "--storage-path", f"s3://{BUCKET}", "--name", name]

@@ -68,6 +68,7 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(tmp_path):
     args = TINY + ["--family", "vmnc", "--num-samples", "5", "--max-epochs", "30",
                    "--space", str(space),
                    "--eval-every", "0.5", "--eval-rounds", "all",   # trials of a few seconds
+                   "--checkpoint-period", "0",                      # checkpointed every round
                    "--scheduler", "fifo", "--max-concurrent", "2",
                    "--num-cpus", "2", "--optuna-storage", db, "--verbose", "0",
                    "--storage-path", str(tmp_path), "--name", name]

@@ -95,6 +95,8 @@ def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, 
     # --eval-rounds decisions (default): validation only at ASHA's rungs (0.5, 1, 2 epochs) and
     # at the end; the Optuna steps are exactly the evaluated rounds
     assert cfg["base"]["eval_at"] == [0.5, 1.0, 2.0]
+    assert cfg["search"]["checkpoint_period"] == 10.0 and cfg["base"]["checkpoint_period_s"] == 10.0
+    assert best["config"]["checkpoint_period_s"] is None   # a retrain checkpoints every round
     assert best["config"]["eval_at"] is None          # a retrain evaluates every round
     ot = by_ray_id(study)
     assert len(study.trials) == 6
@@ -107,6 +109,12 @@ def test_smoke_search_writes_files_and_tells_optuna_the_budget_truth(ray_local, 
         want = decision_rounds([x["epoch"] for x in rows], (0.5, 1.0, 2.0),
                                full=not r["stopped_early"])
         assert steps == want == [x["round"] for x in rows if "val/mean_acc" in x], (steps, want)
+        # --checkpoint-period 10 (default): these trials last a few seconds, so Ray holds a
+        # checkpoint exactly at the evaluated rounds (where ASHA may stop a trial) and the last
+        results = [json.loads(x) for x in (exp / r["trial_dir"].rsplit("/", 1)[-1] / "result.json")
+                   .read_text().splitlines()]
+        assert [x["round"] for x in results if x.get("checkpoint_dir_name")] == \
+               sorted(set(want) | {len(rows)}), [x.get("checkpoint_dir_name") for x in results]
         if r["stopped_early"]:
             assert t.state == optuna.trial.TrialState.PRUNED
             assert r["epochs"] < 3
@@ -191,7 +199,7 @@ def test_max_failures_retries_from_the_last_checkpoint(ray_local, tmp_path):
     rc, exp, df, study = search(
         tmp_path, "retry", "--family", "vmnc", "--num-samples", "2", "--max-epochs", "2",
         "--eval-every", "0.5", "--scheduler", "fifo", "--max-failures", "1",
-        "--inject-fault", "raise,round=2,once")
+        "--inject-fault", "raise,round=2,once", "--checkpoint-period", "0")   # every round
     assert rc == 0
     assert set(df["state"]) == {"TERMINATED"} and (df["rounds"] == 4).all()
     for d in df["trial_dir"]:
