@@ -68,7 +68,10 @@ RUNS = {"asha_random": ["--sampler", "random"],
         "fifo_random": ["--scheduler", "fifo", "--sampler", "random"], "asha_tpe": [],
         # the same ASHA search with the exact val/loss over all M orders (the default before
         # --val-loss sampled): the A/B of the evaluation's cost, side by side in one run
-        "asha_random_exact": ["--sampler", "random", "--val-loss", "exact"]}
+        "asha_random_exact": ["--sampler", "random", "--val-loss", "exact"],
+        # the same ASHA search with a checkpoint at every round (the default before
+        # --checkpoint-period): the A/B of the checkpoint policy's cost
+        "asha_random_ckpt_every_round": ["--sampler", "random", "--checkpoint-period", "0"]}
 DEFAULT_RUNS = ["asha_random", "fifo_random"]
 
 

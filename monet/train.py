@@ -493,6 +493,9 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
             progress = restore_checkpoint(resume_from, model, optim, gen)
             folder.keep_rounds(progress["round"])
         else:
+            # a run that starts over (a trial retried or resumed before its first checkpoint)
+            # drops the metrics lines of the attempt before it: they are run again
+            folder.keep_rounds(0)
             progress = {"step": 0, "round": 0, "best": None, "last": {}}
             torch.manual_seed(int(c.seed) + 2)
         step, last, train_seconds = progress["step"], progress["last"], 0.0

@@ -77,6 +77,22 @@ def test_checkpoint_period_skips_rounds_that_do_not_evaluate_and_changes_no_resu
         c.replace(checkpoint_period_s=-1.0)
 
 
+def test_a_run_that_starts_over_drops_the_earlier_attempts_metrics(tmp_path):
+    """A trial retried (or resumed) before its first checkpoint runs from round 1 again in the
+    same folder: metrics.jsonl holds this attempt's rounds only, not the earlier one's too."""
+    c = TrainConfig(**SMALL, family="vmnc", epochs=2, eval_every=0.5)
+    data = load_dataset(c)
+    run = tmp_path / "trial"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"round": r, "epoch": r / 2, "step": 3 * r, "train/loss": 9.0}) + "\n"
+        for r in (1, 2, 3)))                      # an attempt killed after round 3, no checkpoint
+    fit(c, data, run_dir=str(run))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["train/loss"] != 9.0 for r in rows)
+
+
 def test_eval_at_evaluates_only_the_listed_epochs_and_the_last_round():
     """eval_at=[1, 2.2]: the first round reaching each epoch (the test ASHA applies to the
     reported epoch) and the last one evaluate; the others report train/ metrics only, and the
