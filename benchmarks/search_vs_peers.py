@@ -76,6 +76,8 @@ VARIANTS = {
     "ours_last": "--sampler tpe-last: TPE sees each trial's last value as complete (what Ray's "
                  "OptunaSearch tells it); the study keeps the budget-honest records",
     "ours_noliar": "--constant-liar off: TPE ignores running trials (Optuna's default)",
+    "ours_stocklike": "--sampler tpe-last --constant-liar off: TPE told what Ray's OptunaSearch "
+                      "tells it (last values, no liar), ours otherwise",
 }
 TASKS = {   # name -> (reading, family, validation target)
     "bits": ("bits", "monet", 0.93),
@@ -207,8 +209,10 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
         sampler = "tpe-rung"
     if variant == "ours_last":
         sampler = "tpe-last"
-    if variant == "ours_noliar":
+    if variant in ("ours_noliar", "ours_stocklike"):
         extra = ["--constant-liar", "off"]
+    if variant == "ours_stocklike":
+        sampler = "tpe-last"
     if variant == "ours_grace":
         grace = max(grace, min(5.0, st["epochs"] / 2))
     if variant == "ours_sharp":
