@@ -79,6 +79,8 @@ VARIANTS = {
     "ours_stocklike": "--sampler tpe-last --constant-liar off: TPE told what Ray's OptunaSearch "
                       "tells it (last values, no liar), ours otherwise",
 }
+VARIANT_SAMPLER = {"ours_mv": "tpe-mv", "ours_rung": "tpe-rung", "ours_last": "tpe-last",
+                   "ours_stocklike": "tpe-last"}     # --sampler of the variants that change it
 TASKS = {   # name -> (reading, family, validation target)
     "bits": ("bits", "monet", 0.93),
     "printed": ("printed", "monet", 0.90),
@@ -202,17 +204,8 @@ def run_ours(task, seed, st, storage, budget: Budget, sampler="tpe", variant=Non
     tag = variant or ("ours" if sampler == "tpe" else "random")
     name = f"{task}-{tag}-s{seed}-{time.strftime('%H%M%S')}"
     grace = st["grace"]
-    extra = []
-    if variant == "ours_mv":
-        sampler = "tpe-mv"
-    if variant == "ours_rung":
-        sampler = "tpe-rung"
-    if variant == "ours_last":
-        sampler = "tpe-last"
-    if variant in ("ours_noliar", "ours_stocklike"):
-        extra = ["--constant-liar", "off"]
-    if variant == "ours_stocklike":
-        sampler = "tpe-last"
+    sampler = VARIANT_SAMPLER.get(variant, sampler)
+    extra = ["--constant-liar", "off"] if variant in ("ours_noliar", "ours_stocklike") else []
     if variant == "ours_grace":
         grace = max(grace, min(5.0, st["epochs"] / 2))
     if variant == "ours_sharp":

@@ -491,13 +491,12 @@ def fit(config, data: DataBundle, report: Optional[Callable] = None, run_dir=Non
     with RunFolder(run_dir, c) as folder:
         if resume_from is not None:
             progress = restore_checkpoint(resume_from, model, optim, gen)
-            folder.keep_rounds(progress["round"])
         else:
-            # a run that starts over (a trial retried or resumed before its first checkpoint)
-            # drops the metrics lines of the attempt before it: they are run again
-            folder.keep_rounds(0)
             progress = {"step": 0, "round": 0, "best": None, "last": {}}
             torch.manual_seed(int(c.seed) + 2)
+        # metrics lines of rounds after the one this run starts from are run again: dropped
+        # (round 0: a trial retried or resumed before its first checkpoint starts over)
+        folder.keep_rounds(progress["round"])
         step, last, train_seconds = progress["step"], progress["last"], 0.0
         saved_at = time.perf_counter()     # the last checkpoint (or the start of this call)
         _set_order_temperature(model, c, step, plan.total_steps)
