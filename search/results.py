@@ -24,6 +24,7 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 import monet
+from search.settings import outside_search
 from search.spaces import WARM_START_KEY, trial_to_train_config
 from search.storage import ExperimentStore
 
@@ -153,12 +154,7 @@ class ExperimentFiles:
         if best is not None:
             trial = next(t for t in trials if t.trial_id == best["trial_id"])
             params = flatten_dict(dict(trial.config), delimiter="/")
-            cfg = trial_to_train_config(self.base, params).to_dict()
-            # a retrain evaluates every round, with the exact val/loss: the search's eval_at (its
-            # scheduler's decision epochs) and val_loss change what is evaluated, never the
-            # training itself
-            cfg["eval_at"], cfg["val_loss"] = None, "exact"
-            cfg["checkpoint_period_s"] = None     # a retrain checkpoints every round
+            cfg = outside_search(trial_to_train_config(self.base, params).to_dict())
             doc = {
                 "metric": self.metric, "mode": self.mode, "value": best[f"last/{self.metric}"],
                 "best_round_value": best[f"best/{self.metric}"],

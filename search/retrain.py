@@ -523,12 +523,14 @@ class Plan:
 
     def config_for(self, search: Search, cand: Candidate, fold: int, seed: int, test: bool) -> dict:
         """The run's TrainConfig: the trial's, with the seed replaced, the data seed kept and
-        the exact validation loss (a search may have estimated it: ``--val-loss sampled``)."""
+        the search-only settings reset (:func:`search.settings.outside_search`: validation
+        every round with the exact loss, a checkpoint every round), as in best_config.yaml."""
         from monet.config import TrainConfig
 
-        d = dict(cand.config)
-        d.update(seed=int(seed), data_seed=search.data_seed, test_at_end=bool(test),
-                 val_loss="exact", checkpoint_period_s=None)
+        from search.settings import outside_search
+
+        d = outside_search(cand.config)
+        d.update(seed=int(seed), data_seed=search.data_seed, test_at_end=bool(test))
         if self.dataset in PROTOCOL_FOLDS:
             d["fold"] = int(fold)
         return TrainConfig.from_dict(d, source=cand.name).to_dict()

@@ -56,6 +56,23 @@ SEARCH_OWNED = {
 }
 
 
+# TrainConfig fields a search sets only to make its trials cheaper; none of them changes what a
+# run trains. A run outside the search (best_config.yaml, every retrain of search/retrain.py)
+# takes them back: it evaluates on validation every round (not only at the scheduler's decision
+# epochs), computes MONET's exact val/loss (not the L-order estimate) and checkpoints every round.
+SEARCH_ONLY = {"eval_at": None, "val_loss": "exact", "checkpoint_period_s": None}
+
+
+def outside_search(config: dict) -> dict:
+    """A trial's TrainConfig dict with the search-only fields (:data:`SEARCH_ONLY`) reset.
+
+    Example:
+        >>> outside_search({"family": "monet", "eval_at": [2.0, 30.0], "val_loss": "sampled"})
+        {'family': 'monet', 'eval_at': None, 'val_loss': 'exact', 'checkpoint_period_s': None}
+    """
+    return {**config, **SEARCH_ONLY}
+
+
 def flag_owned_fields() -> dict:
     """TrainConfig field -> the flag that sets it (a space file may not set these)."""
     return {**{f.field: f.flag for f in DATA_FLAGS if not f.searchable}, **SEARCH_OWNED}

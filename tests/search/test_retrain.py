@@ -128,6 +128,27 @@ def test_toy_table_is_the_checkpoints_and_a_stopped_retrain_resumes(toy_exp, tmp
     assert len(full) >= 1 and (full["seed0"] == full["search_value"]).all()
     win = sel[sel["winner"]].iloc[0]
     assert win["mean"] == max(sel["mean"])
+    # the search's trials evaluate only where ASHA decides (here: its rung at epoch 1, and the
+    # last round), estimate val/loss and checkpoint every 10 s; a retrain takes these
+    # search-only settings back, as best_config.yaml does: validation every round with the
+    # exact loss, a checkpoint every round
+    trial_cfg = yaml.safe_load((toy_exp / win["config"] / "config.yaml").read_text())
+    assert trial_cfg["eval_at"] == [1.0] and trial_cfg["checkpoint_period_s"] == 10.0
+    best = yaml.safe_load((toy_exp / "best_config.yaml").read_text())
+    for s in (0, 1):
+        run = out / "runs" / win["config"] / "fold1" / f"seed{s}"
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert {k: cfg[k] for k in ("eval_at", "val_loss", "checkpoint_period_s")} == {
+            "eval_at": None, "val_loss": "exact", "checkpoint_period_s": None}
+        if win["config"] == f"trial_{best['trial_id']}":    # the same config as best_config's
+            # (a retrain pins the search's data seed, which best_config leaves to follow seed)
+            own = ("seed", "data_seed", "test_at_end")
+            assert {k: v for k, v in cfg.items() if k not in own} == {
+                k: v for k, v in best["config"].items() if k not in own}
+            assert cfg["data_seed"] == (best["config"]["data_seed"] or best["config"]["seed"])
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [x["round"] for x in lines] == [1, 2]
+        assert all("val/mean_acc" in x for x in lines), lines
     ours, per_fold = _assert_rows_equal_checkpoints(out, win["config"], [1], [0, 1], "acc")
     assert ours.loc["1", "leak"] == "no"
     md = (out / "table.md").read_text()
