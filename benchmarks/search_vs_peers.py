@@ -524,7 +524,8 @@ def load_or_run(task, method, seed, st, storage, pool, cache, rerun: bool) -> di
     old = None if rerun else saved_run(task, method, seed, st)
     f = OUT / task / f"{method}_s{seed}.json"
     if old is not None:
-        print(f"  {task:8s} {method:12s} seed {seed}: reused {os.path.relpath(f, REPO) if f.is_relative_to(REPO) else f}")
+        shown = f.relative_to(REPO) if f.is_relative_to(REPO) else f   # --out may be elsewhere
+        print(f"  {task:8s} {method:12s} seed {seed}: reused {shown}")
         return old
     r = run_one(task, method, seed, st, storage, pool, cache)
     from monet.io import atomic_write_json
