@@ -145,7 +145,8 @@ def test_toy_table_is_the_checkpoints_and_a_stopped_retrain_resumes(toy_exp, tmp
             own = ("seed", "data_seed", "test_at_end")
             assert {k: v for k, v in cfg.items() if k not in own} == {
                 k: v for k, v in best["config"].items() if k not in own}
-            assert cfg["data_seed"] == (best["config"]["data_seed"] or best["config"]["seed"])
+            b = best["config"]
+            assert cfg["data_seed"] == (b["data_seed"] if b["data_seed"] is not None else b["seed"])
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert [x["round"] for x in lines] == [1, 2]
         assert all("val/mean_acc" in x for x in lines), lines
