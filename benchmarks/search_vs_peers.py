@@ -539,6 +539,40 @@ def _mean(xs):
     return statistics.mean(xs) if xs else None
 
 
+TIE_POINTS = 0.05     # |ours - peer| below this, in test points: the same winner (a tie)
+
+
+def paired(ours: list, peer: list, n_boot: int = 10000) -> Optional[dict]:
+    """Ours against one peer, seed by seed (both searches on the same seed share data, trainer and
+    the retrain seeds): the mean over seeds of ours' winner test minus the peer's, in points, with
+    a seeded bootstrap 95% interval over the seeds; wins / ties / losses; the same difference on
+    the retrains' validation accuracy (what a selection may look at). None with no common seed.
+
+    Example:
+        >>> r = lambda s, t: {"seed": s, "test_mean": t, "retrain": [{"val": t}]}
+        >>> d = paired([r(0, .8), r(1, .9)], [r(0, .8), r(1, .85)])
+        >>> d["test_diff"], d["wins_ties_losses"]
+        (2.5, [1, 1, 0])
+    """
+    import numpy as np
+
+    p = {r["seed"]: r for r in peer}
+    both = [(r, p[r["seed"]]) for r in ours if r["seed"] in p]
+    if not both:
+        return None
+    d = np.array([100 * (o["test_mean"] - q["test_mean"]) for o, q in both])
+    v = np.array([100 * (statistics.mean(x["val"] for x in o["retrain"]) -
+                         statistics.mean(x["val"] for x in q["retrain"])) for o, q in both])
+    idx = np.random.default_rng(0).integers(0, len(d), size=(n_boot, len(d)))
+    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    return {"seeds": len(d), "test_diff": round(float(d.mean()), 2),
+            "test_diff_ci95": [round(float(lo), 2), round(float(hi), 2)],
+            "test_diff_sd": round(float(d.std(ddof=1)), 2) if len(d) > 1 else 0.0,
+            "wins_ties_losses": [int((d >= TIE_POINTS).sum()), int((abs(d) < TIE_POINTS).sum()),
+                                 int((d <= -TIE_POINTS).sum())],
+            "retrain_val_diff": round(float(v.mean()), 2)}
+
+
 def summarize(task, runs: dict) -> dict:
     """Per method: means over search seeds, and ours / peer ratios."""
     out = {}
@@ -587,6 +621,7 @@ def summarize(task, runs: dict) -> dict:
             s["reach_grid_ratio"] = (round(o["reach_grid_epochs"] / s["reach_grid_epochs"], 3)
                                      if s["reach_grid_epochs"] else None)
             s["wall_ratio"] = round(o["wall_s"] / s["wall_s"], 3)
+            s["paired"] = paired(runs["ours"], runs[m])
     return out
 
 
@@ -616,6 +651,15 @@ def print_table(task, summ, target) -> None:
               f"{_f(s.get('ours_minus_peer_points'), 9)} {_f(s.get('reach_epochs_ratio'), 8)} "
               f"{_f(s.get('reach_grid_ratio'), 10)} "
               f"{_f(s.get('wall_ratio'), 10)}  {fam}{idn}")
+    pairs = {m: s["paired"] for m, s in summ.items() if s.get("paired")}
+    if pairs:
+        print("ours - peer, seed by seed (test points; 95% bootstrap interval over seeds; "
+              "wins/ties/losses; the same on the retrains' validation)")
+        for m, d in pairs.items():
+            w, t, l = d["wins_ties_losses"]
+            print(f"  {m:14s} {d['test_diff']:+6.2f}  [{d['test_diff_ci95'][0]:+.2f}, "
+                  f"{d['test_diff_ci95'][1]:+.2f}]  sd {d['test_diff_sd']:.2f}  "
+                  f"{w}/{t}/{l} of {d['seeds']}  val {d['retrain_val_diff']:+.2f}")
 
 
 def targets(task, summ) -> dict:
