@@ -21,7 +21,7 @@ the same data and seeds, the same 2 concurrent slots and the same total budget o
    trial-epochs (a stopper ends the Ray searches, the study and the running trials there).
 
 Every winner is picked on validation only (each method's own rule: ours and random_asha the best
-full-budget trial, ``best_config.yaml``; ray_stock ``ResultGrid.get_best_result()`` (last
+finalist, ``best_config.yaml``; ray_stock ``ResultGrid.get_best_result()`` (last
 result); optuna ``study.best_trial``; grid the best final validation accuracy), then retrained
 from scratch with 5 seeds (a seed draws the data and the initialisation, as in
 ``benchmarks/toy_tables.py``) and scored on test.

@@ -13,8 +13,8 @@ Example:
     >>> f = os.path.join(tempfile.mkdtemp(), "asha_state.json")
     >>> s = PersistentASHA(f, time_attr="epoch", metric="m", mode="max", max_t=9, grace_period=1,
     ...                    reduction_factor=3)
-    >>> sorted(r["milestone"] for r in s.state()["brackets"][0])
-    [1.0, 3.0]
+    >>> sorted(r["milestone"] for r in s.state()["brackets"][0])   # Ray's bracket adds max_t
+    [1.0, 3.0, 9.0]
 """
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ class PersistentASHA(_KnowsController, ASHAScheduler):
         super().__init__(**kw)
         self.state_file = state_file
         self._stopped = set()
+        self._passed = set()           # trials ASHA let go on at their bracket's last rung
         self._loaded = False
         self._resumed = False          # state was read from state_file
         self._pruned_ghosts = False
@@ -140,6 +141,7 @@ class PersistentASHA(_KnowsController, ASHAScheduler):
                           for m, r in b._rungs] for b in self._brackets],
             "trial_bracket": {tid: self._brackets.index(b) for tid, b in self._trial_info.items()},
             "stopped": sorted(self._stopped),
+            "passed": sorted(self._passed),
             "num_stopped": int(self._num_stopped),
         }
 
@@ -163,6 +165,7 @@ class PersistentASHA(_KnowsController, ASHAScheduler):
         self._trial_info = {tid: self._brackets[i] for tid, i in st.get("trial_bracket", {}).items()
                             if i < len(self._brackets)}
         self._stopped = set(st.get("stopped", []))
+        self._passed = set(st.get("passed", []))
         self._num_stopped = int(st.get("num_stopped", 0))
         self._resumed = True
         return True
@@ -215,6 +218,7 @@ class PersistentASHA(_KnowsController, ASHAScheduler):
         for tid in ghosts:
             self._trial_info.pop(tid, None)
         self._stopped -= ghosts
+        self._passed -= ghosts
         if ghosts:
             logger.info("ASHA: forgot %d trial(s) the resumed experiment does not have: %s",
                         len(ghosts), sorted(ghosts))
@@ -233,6 +237,8 @@ class PersistentASHA(_KnowsController, ASHAScheduler):
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP:
             self._stopped.add(trial.trial_id)
+        elif trial.trial_id not in self._passed and self._at_last_rung(trial.trial_id):
+            self._passed.add(trial.trial_id)
         if (self._num_stopped, self._recorded_count()) != before:
             self.save()
         return action
@@ -248,6 +254,21 @@ class PersistentASHA(_KnowsController, ASHAScheduler):
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._trial_info.pop(trial.trial_id, None)
         self.save()
+
+    def _at_last_rung(self, trial_id: str) -> bool:
+        """Recorded at the largest milestone below the full budget (Ray's bracket can also
+        hold one at ``max_t`` itself, where the full budget stops the trial anyway)."""
+        b = self._trial_info.get(trial_id)
+        rungs = [(m, r) for m, r in (b._rungs if b else []) if m < self._max_t]
+        return bool(rungs) and trial_id in max(rungs, key=lambda mr: mr[0])[1]
+
+    def passed_rungs(self, trial_id: str) -> bool:
+        """True once ASHA let the trial go on at the last rung of its bracket: it passed every
+        decision the scheduler makes before the full budget. A trial that the search's end (a
+        time budget, a stopper, a trial timeout) cut after that still counts as a finalist in
+        ``best_config.yaml`` (:func:`search.results.pick_best`)."""
+        self._ensure_loaded()
+        return trial_id in self._passed
 
     def _recorded_count(self) -> int:
         return sum(len(r) for b in self._brackets for _, r in b._rungs)

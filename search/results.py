@@ -4,10 +4,11 @@
 
 * ``config.yaml``       the resolved flags and search space (written once by the CLI);
 * ``trials.parquet``    one row per trial (also ``trials.csv``): trial id, family, state
-  (TERMINATED/ERROR/RUNNING/PENDING), ``stopped_early``, ``config/<param>``,
+  (TERMINATED/ERROR/RUNNING/PENDING), ``stopped_early``, ``passed_rungs`` (ASHA let it go on
+  at its last rung), ``config/<param>``,
   ``best/<metric>`` and ``last/<metric>``, ``epochs`` used, ``node_ip``/``node_id``,
   ``error``, ``trial_dir``;
-* ``best_config.yaml``  the best full-budget trial: its full TrainConfig, the metric and its
+* ``best_config.yaml``  the best finalist (:func:`pick_best`): its full TrainConfig, the metric and its
   value, trial id, family, dataset and the monet-tune version; ``best_train_config.yaml`` holds
   the TrainConfig alone (``python -m monet.train --config best_train_config.yaml``).
 """
@@ -36,7 +37,7 @@ def _num(v):
 
 
 def trial_row(trial, metric: str, mode: str, family: Optional[str] = None,
-              store: Optional[ExperimentStore] = None) -> dict:
+              store: Optional[ExperimentStore] = None, scheduler=None) -> dict:
     """One table row from a Ray ``Trial`` (its config, last result and metric analysis).
 
     Args:
@@ -44,6 +45,7 @@ def trial_row(trial, metric: str, mode: str, family: Optional[str] = None,
         metric: the searched metric; mode: ``max`` or ``min``.
         family: the family when the config has none (a one-family search).
         store: the experiment's store; under a URI ``trial_dir`` is the trial's full URI.
+        scheduler: the search's scheduler; one with ``passed_rungs`` (ASHA) fills that column.
     """
     last = trial.last_result or {}
     ma = getattr(trial, "metric_analysis", {}) or {}
@@ -54,6 +56,8 @@ def trial_row(trial, metric: str, mode: str, family: Optional[str] = None,
         "family": cfg.get("family") or family,
         "state": trial.status,
         "stopped_early": bool(trial.status == "TERMINATED" and (budget is None or budget < 1 - 1e-9)),
+        "passed_rungs": bool(hasattr(scheduler, "passed_rungs") and
+                             scheduler.passed_rungs(trial.trial_id)),
         "epochs": _num(last.get("epoch")),
         "rounds": _num(last.get("round")),
         "budget": budget,
@@ -105,12 +109,27 @@ def _error_line(trial) -> Optional[str]:
     return lines[-1].strip()[:300] if lines else "error"
 
 
+def finalist(row: dict) -> bool:
+    """A trial that ran its full budget, or that ASHA let go on at its last rung and the
+    search's end (a time budget, a stopper, a trial timeout) then cut: it passed every decision
+    the scheduler makes. A trial ASHA stopped at a rung is not one."""
+    return not row["stopped_early"] or bool(row.get("passed_rungs"))
+
+
 def pick_best(rows: list, metric: str, mode: str) -> Optional[dict]:
-    """The best row by its last value of ``metric``: full-budget trials first."""
+    """The best row by its last value of ``metric`` among the finalists (:func:`finalist`; all
+    finished trials when there is none).
+
+    Example:
+        >>> r = lambda i, v, early, passed=False: {"trial_id": i, "state": "TERMINATED",
+        ...     "last/m": v, "stopped_early": early, "passed_rungs": passed}
+        >>> rows = [r("full", .80, False), r("rung", .90, True), r("cut", .85, True, True)]
+        >>> pick_best(rows, "m", "max")["trial_id"]
+        'cut'
+    """
     key = f"last/{metric}"
     ok = [r for r in rows if r["state"] == "TERMINATED" and _finite(r.get(key))]
-    full = [r for r in ok if not r["stopped_early"]]
-    pool = full or ok
+    pool = [r for r in ok if finalist(r)] or ok
     if not pool:
         return None
     sign = -1.0 if mode == "max" else 1.0
@@ -130,17 +149,20 @@ class ExperimentFiles:
             :class:`~search.storage.ExperimentStore`.
         metric: the searched metric; mode: ``max`` or ``min``.
         base: the fixed TrainConfig fields; dataset: the dataset name.
+        scheduler: the search's scheduler (fills ``passed_rungs``; see :func:`finalist`).
     """
 
-    def __init__(self, exp_dir, metric: str, mode: str, base: dict, dataset: str):
+    def __init__(self, exp_dir, metric: str, mode: str, base: dict, dataset: str,
+                 scheduler=None):
         self.store = ExperimentStore.of(exp_dir)
+        self.scheduler = scheduler
         self.metric, self.mode = metric, mode
         self.base = dict(base)
         self.dataset = dataset
 
     def write(self, trials) -> Optional[dict]:
-        rows = [trial_row(t, self.metric, self.mode, self.base.get("family"), self.store)
-                for t in trials]
+        rows = [trial_row(t, self.metric, self.mode, self.base.get("family"), self.store,
+                          self.scheduler) for t in trials]
         rows.sort(key=lambda r: (r.get("config/optuna_trial") is None,   # in the study's order
                                  r.get("config/optuna_trial") or 0))
         df = pd.DataFrame(rows)
@@ -160,6 +182,7 @@ class ExperimentFiles:
                 "best_round_value": best[f"best/{self.metric}"],
                 "trial_id": best["trial_id"], "family": cfg["family"], "dataset": self.dataset,
                 "epochs": best["epochs"], "full_budget": not best["stopped_early"],
+                "passed_rungs": best["passed_rungs"],
                 "trial_dir": best["trial_dir"], "monet_tune_version": monet.__version__,
                 "config": cfg,
             }

@@ -196,7 +196,12 @@ def read_search(path, top: int, data_root: Optional[str] = None) -> Search:
                        f"({len(df)} trial(s) recorded)")
     ok["_v"] = pd.to_numeric(ok[col])
     ok["_early"] = ok["stopped_early"].astype(str).str.lower().isin(["true", "1"])
-    ok = ok.sort_values(["_early", "_v"], ascending=[True, s.mode == "min"], kind="stable")
+    # finalists first (search.results.finalist): full budget, or cut by the search's end after
+    # ASHA let them go on at its last rung
+    ok["_out"] = ok["_early"]
+    if "passed_rungs" in ok.columns:
+        ok["_out"] &= ~ok["passed_rungs"].astype(str).str.lower().isin(["true", "1"])
+    ok = ok.sort_values(["_out", "_v"], ascending=[True, s.mode == "min"], kind="stable")
     cands = []
     for rank, (_, r) in enumerate(ok.head(top).iterrows(), start=1):
         tid = str(r["trial_id"])

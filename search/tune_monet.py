@@ -740,7 +740,8 @@ def build_tuner(s: SearchSettings, base: dict, data, space, storage, runtime: Tr
         scheduler = PersistentFIFO()
     # the state is saved before the tables are written, in the same loop step
     callbacks = [SaveOnTrialStartEnd(scheduler)]
-    callbacks.append(ResultsCallback(ExperimentFiles(store, s.metric, s.mode, base, s.dataset),
+    callbacks.append(ResultsCallback(ExperimentFiles(store, s.metric, s.mode, base, s.dataset,
+                                                     scheduler),
                                      after=callbacks[0]))
     failure = tune.FailureConfig(max_failures=s.max_failures)
     if resume:

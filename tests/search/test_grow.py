@@ -262,3 +262,48 @@ def test_trial_timeout_stops_trials_and_records_them_pruned(ray_local, tmp_path)
     assert rc == 0          # the best config is then the best stopped trial, and says so
     best = yaml.safe_load((tmp_path / "t" / "best_config.yaml").read_text())
     assert best["full_budget"] is False
+
+
+def test_asha_knows_which_trials_passed_its_last_rung_and_the_tables_say_so(tmp_path):
+    from search.results import pick_best, trial_row
+
+    f = str(tmp_path / "asha_state.json")
+    kw = dict(time_attr="epoch", metric="m", mode="max", max_t=9, grace_period=1,
+              reduction_factor=3)                  # rungs at 1 and 3 epochs
+    a = PersistentASHA(f, **kw)
+    a.set_search_properties(None, None)
+    t = {k: Trial("__fake", stub=True, trial_id=k) for k in ("lead", "low", "next", "young")}
+    for x in t.values():
+        a.on_trial_add(None, x)
+    go = TrialScheduler.CONTINUE
+    assert a.on_trial_result(None, t["lead"], {"epoch": 1, "m": 0.9}) == go
+    assert a.on_trial_result(None, t["lead"], {"epoch": 3, "m": 0.9}) == go      # last rung
+    assert a.on_trial_result(None, t["low"], {"epoch": 1, "m": 0.1}) == TrialScheduler.STOP
+    assert a.on_trial_result(None, t["next"], {"epoch": 1, "m": 0.95}) == go
+    assert a.on_trial_result(None, t["next"], {"epoch": 3, "m": 0.95}) == go
+    assert a.on_trial_result(None, t["young"], {"epoch": 1, "m": 0.97}) == go
+    assert a.on_trial_result(None, t["young"], {"epoch": 2, "m": 0.99}) == go     # no rung yet
+    passed = {k for k in t if a.passed_rungs(k)}
+    assert passed == {"lead", "next"}
+    # the full budget is a stop by ASHA, and the trial is still one that passed its rungs
+    assert a.on_trial_result(None, t["lead"], {"epoch": 9, "m": 0.91}) == TrialScheduler.STOP
+    assert a.passed_rungs("lead")
+    b = PersistentASHA(f, **kw)                    # a resumed search reads them back
+    assert {k for k in t if b.passed_rungs(k)} == passed
+    # the tables: "next" and "young" were cut by the search's end (a time budget) at 5 and
+    # 2 epochs; "young" has the best value but never met the last rung, "next" did
+    results = {"lead": (9, 1.0, 0.91), "low": (1, 1 / 9, 0.1), "next": (5, 5 / 9, 0.95),
+               "young": (2, 2 / 9, 0.99)}
+    rows = []
+    for k, (ep, budget, m) in results.items():
+        t[k].set_status(Trial.TERMINATED)
+        t[k].run_metadata.last_result = {"epoch": ep, "budget": budget, "m": m}
+        rows.append(trial_row(t[k], "m", "max", "monet", scheduler=b))
+    got = {r["trial_id"]: (r["stopped_early"], r["passed_rungs"]) for r in rows}
+    assert got == {"lead": (False, True), "low": (True, False), "next": (True, True),
+                   "young": (True, False)}
+    assert pick_best(rows, "m", "max")["trial_id"] == "next"
+    # without the scheduler (FIFO, or a table of an older version) only full budgets count
+    rows = [trial_row(t[k], "m", "max", "monet") for k in t]
+    assert not any(r["passed_rungs"] for r in rows)
+    assert pick_best(rows, "m", "max")["trial_id"] == "lead"

@@ -294,3 +294,27 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(toy_exp, bp4d, tmp_pat
     if (out / "retrain.yaml").exists():
         assert _retrain(exps[2], "--out", out) == 2
         assert "holds the retrain of other" in capsys.readouterr().err
+
+
+def test_a_trial_cut_after_ashas_last_rung_is_a_finalist(toy_exp, tmp_path):
+    """The retrain's candidates come finalists first (search.results.finalist): a trial cut by
+    the search's end after ASHA let it go on at its last rung ranks with the full-budget ones,
+    one stopped at a rung after them, whatever its value."""
+    exp = _copy_experiment(toy_exp, tmp_path / "cut")
+    df = pd.read_parquet(exp / "trials.parquet")
+    assert "passed_rungs" in df.columns and len(df) == 2
+    ids = list(df["trial_id"])
+    df["state"] = "TERMINATED"
+    df["last/val/mean_acc"] = [0.9, 0.5]          # the first trial has the better value
+    df["stopped_early"] = True                    # neither ran its full budget
+    df["passed_rungs"] = [False, True]            # only the second passed every rung
+    df.to_parquet(exp / "trials.parquet")
+    s = retrain.read_search(exp, top=2)
+    assert [c.trial_id for c in s.candidates] == [ids[1], ids[0]]
+    assert [c.full_budget for c in s.candidates] == [False, False]
+    df["passed_rungs"] = [True, True]             # both finalists: the value decides
+    df.to_parquet(exp / "trials.parquet")
+    assert [c.trial_id for c in retrain.read_search(exp, top=2).candidates] == ids
+    df = df.drop(columns=["passed_rungs"])        # a table written before the column existed
+    df.to_parquet(exp / "trials.parquet")
+    assert [c.trial_id for c in retrain.read_search(exp, top=2).candidates] == ids
