@@ -307,3 +307,12 @@ def test_asha_knows_which_trials_passed_its_last_rung_and_the_tables_say_so(tmp_
     rows = [trial_row(t[k], "m", "max", "monet") for k in t]
     assert not any(r["passed_rungs"] for r in rows)
     assert pick_best(rows, "m", "max")["trial_id"] == "lead"
+    # the analysis ranks them the same way (a PRUNED finalist with the COMPLETE trials)
+    from search import analyze
+    df = pd.DataFrame({"trial_id": ["lead", "low", "next", "young"],
+                       "optuna_state": ["COMPLETE", "PRUNED", "PRUNED", "PRUNED"],
+                       "passed_rungs": [True, False, True, False],
+                       "last/m": [0.91, 0.1, 0.95, 0.99]})
+    assert list(analyze.ranked(df, "m", "max")["trial_id"]) == ["next", "lead", "young", "low"]
+    assert list(analyze.ranked(df.drop(columns="passed_rungs"), "m", "max")["trial_id"]) == \
+        ["lead", "young", "next", "low"]
