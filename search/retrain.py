@@ -10,7 +10,7 @@ Two stages, every run one Ray task (the search's ``cpus_per_trial`` / ``gpus_per
 calls :func:`monet.train.fit` in its own folder ``<out>/runs/<config>/fold<f>/seed<s>/``:
 
 1. **Selection** (the winner's curse): one lucky seed can put a mediocre configuration on top
-   of a search. The top-k trials (by the search's metric, full-budget trials first, as
+   of a search. The top-k trials (by the search's metric, finalists first, as
    ``best_config.yaml`` ranks them) are re-run with seeds ``0..S-1`` on the search's own
    validation split (same fold, same validation subjects: the data seed stays the search's);
    the best mean wins, and the table says which and by how much.
@@ -88,7 +88,8 @@ class Candidate:
     Attributes:
         name: ``trial_<id>``, the folder name of its runs.
         trial_id, family: from ``trials.parquet``.
-        search_rank: 1-based rank in the search (full-budget trials first).
+        search_rank: 1-based rank in the search (finalists first: full budget, or cut by the
+            search's end after ASHA's last rung; :func:`search.results.finalist`).
         search_value: its last value of the search's metric.
         full_budget: whether ASHA let it run the whole epoch budget.
         config: its full TrainConfig (``trial_<id>/config.yaml``) as a dict.

@@ -837,8 +837,10 @@ def summarize(s: SearchSettings, grid, store, storage) -> int:
     if not isinstance(best, dict):
         print("no trial finished with a finite metric; see the trial errors above")
         return EXIT_NO_RESULT
+    cut = (" (cut by the search's end after it passed ASHA's last rung)"
+           if best.get("passed_rungs") and not best.get("full_budget", True) else "")
     print(f"best trial {best['trial_id']} ({best['family']}): {best['metric']} = "
-          f"{best['value']:.4f} after {best['epochs']:g} epochs")
+          f"{best['value']:.4f} after {best['epochs']:g} epochs{cut}")
     cfg = best["config"]
     names = _searched_names(store)
     for k in (k for k in sorted(cfg) if k in names):
