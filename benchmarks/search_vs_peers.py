@@ -201,12 +201,13 @@ def _winner(cfg: dict) -> dict:
 def full_budget_rule(exp: Path, df, best: dict) -> Optional[dict]:
     """The winner of the rule before stop 18 (the best full-budget trial), when best_config.yaml
     (``best``) picked another trial: one that the budget cut after ASHA let it go on at its last
-    rung (search.results.finalist). None when both rules pick the same trial."""
+    rung (search.finalists). None when both rules pick the same trial."""
     import pandas as pd
     import yaml
 
-    full = df[(df["state"] == "TERMINATED") &
-              ~df["stopped_early"].astype(str).str.lower().isin(["true", "1"])]
+    from search.finalists import truthy
+
+    full = df[(df["state"] == "TERMINATED") & ~truthy(df["stopped_early"])]
     full = full[pd.to_numeric(full[f"last/{METRIC}"], errors="coerce").notna()]
     if not len(full) or str(best["trial_id"]) in set(full["trial_id"].astype(str)):
         return None

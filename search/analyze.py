@@ -60,6 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import pandas as pd
 
+from search.finalists import truthy
 from search.storage import ExperimentStore
 
 EXIT_BAD_INPUT = 2
@@ -545,12 +546,12 @@ def ranked(df: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     """Trials best first: COMPLETE, then PRUNED, RUNNING, FAIL; within a state by the last value
     of ``metric`` (the rule ``best_config.yaml`` follows: finalists first, so a PRUNED trial that
     passed ASHA's last rung before the search's end cut it ranks with the COMPLETE ones; see
-    :func:`search.results.finalist`)."""
+    :mod:`search.finalists`)."""
     key = f"last/{metric}"
     v = pd.to_numeric(df[key], errors="coerce") if key in df else pd.Series(np.nan, df.index)
     rank = df["optuna_state"].map(STATE_RANK).fillna(9)
     if "passed_rungs" in df:
-        passed = df["passed_rungs"].astype(str).str.lower().isin(["true", "1"])
+        passed = truthy(df["passed_rungs"])
         rank = rank.where(~(passed & (df["optuna_state"] == "PRUNED")), STATE_RANK["COMPLETE"])
     out = df.assign(_s=rank, _v=-v if mode == "max" else v)
     return out.sort_values(["_s", "_v"], na_position="last", kind="stable").drop(

@@ -266,7 +266,7 @@ class PersistentASHA(_KnowsController, ASHAScheduler):
         """True once ASHA let the trial go on at the last rung of its bracket: it passed every
         decision the scheduler makes before the full budget. A trial that the search's end (a
         time budget, a stopper, a trial timeout) cut after that still counts as a finalist in
-        ``best_config.yaml`` (:func:`search.results.pick_best`)."""
+        ``best_config.yaml`` (:mod:`search.finalists`)."""
         self._ensure_loaded()
         return trial_id in self._passed
 

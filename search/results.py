@@ -25,6 +25,7 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 import monet
+from search.finalists import finalist
 from search.settings import outside_search
 from search.spaces import WARM_START_KEY, trial_to_train_config
 from search.storage import ExperimentStore
@@ -109,15 +110,8 @@ def _error_line(trial) -> Optional[str]:
     return lines[-1].strip()[:300] if lines else "error"
 
 
-def finalist(row: dict) -> bool:
-    """A trial that ran its full budget, or that ASHA let go on at its last rung and the
-    search's end (a time budget, a stopper, a trial timeout) then cut: it passed every decision
-    the scheduler makes. A trial ASHA stopped at a rung is not one."""
-    return not row["stopped_early"] or bool(row.get("passed_rungs"))
-
-
 def pick_best(rows: list, metric: str, mode: str) -> Optional[dict]:
-    """The best row by its last value of ``metric`` among the finalists (:func:`finalist`; all
+    """The best row by its last value of ``metric`` among the finalists (:mod:`search.finalists`; all
     finished trials when there is none).
 
     Example:
@@ -149,7 +143,7 @@ class ExperimentFiles:
             :class:`~search.storage.ExperimentStore`.
         metric: the searched metric; mode: ``max`` or ``min``.
         base: the fixed TrainConfig fields; dataset: the dataset name.
-        scheduler: the search's scheduler (fills ``passed_rungs``; see :func:`finalist`).
+        scheduler: the search's scheduler (fills ``passed_rungs``; see :mod:`search.finalists`).
     """
 
     def __init__(self, exp_dir, metric: str, mode: str, base: dict, dataset: str,

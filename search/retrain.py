@@ -89,7 +89,7 @@ class Candidate:
         name: ``trial_<id>``, the folder name of its runs.
         trial_id, family: from ``trials.parquet``.
         search_rank: 1-based rank in the search (finalists first: full budget, or cut by the
-            search's end after ASHA's last rung; :func:`search.results.finalist`).
+            search's end after ASHA's last rung; :mod:`search.finalists`).
         search_value: its last value of the search's metric.
         full_budget: whether ASHA let it run the whole epoch budget.
         config: its full TrainConfig (``trial_<id>/config.yaml``) as a dict.
@@ -162,6 +162,7 @@ def read_search(path, top: int, data_root: Optional[str] = None) -> Search:
 
     from monet.config import TrainConfig
     from monet.errors import MonetError
+    from search.finalists import finalists, truthy
     from search.settings import SearchSettings
 
     exp = Path(path).expanduser().resolve()
@@ -196,12 +197,8 @@ def read_search(path, top: int, data_root: Optional[str] = None) -> Search:
         raise BadInput(f"{exp}: no finished trial with a finite {s.metric} yet "
                        f"({len(df)} trial(s) recorded)")
     ok["_v"] = pd.to_numeric(ok[col])
-    ok["_early"] = ok["stopped_early"].astype(str).str.lower().isin(["true", "1"])
-    # finalists first (search.results.finalist): full budget, or cut by the search's end after
-    # ASHA let them go on at its last rung
-    ok["_out"] = ok["_early"]
-    if "passed_rungs" in ok.columns:
-        ok["_out"] &= ~ok["passed_rungs"].astype(str).str.lower().isin(["true", "1"])
+    ok["_early"] = truthy(ok["stopped_early"])
+    ok["_out"] = ~finalists(ok)          # finalists first, as best_config.yaml ranks them
     ok = ok.sort_values(["_out", "_v"], ascending=[True, s.mode == "min"], kind="stable")
     cands = []
     for rank, (_, r) in enumerate(ok.head(top).iterrows(), start=1):

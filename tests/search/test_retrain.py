@@ -297,7 +297,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(toy_exp, bp4d, tmp_pat
 
 
 def test_a_trial_cut_after_ashas_last_rung_is_a_finalist(toy_exp, tmp_path):
-    """The retrain's candidates come finalists first (search.results.finalist): a trial cut by
+    """The retrain's candidates come finalists first (search.finalists): a trial cut by
     the search's end after ASHA let it go on at its last rung ranks with the full-budget ones,
     one stopped at a rung after them, whatever its value."""
     exp = _copy_experiment(toy_exp, tmp_path / "cut")
